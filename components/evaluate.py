@@ -1,12 +1,13 @@
-"""Stage evaluate: greedy answers of the trained policy and of the reference on held-out prompts.
+"""Stage evaluate: the trained policy against the reference, on held-out prompts and benchmarks.
 
-The prompts are the embedded task's eval split, or with ``data.source: file`` the prompts of the
-validated eval pairs (``--eval-pairs``). ``evaluate.benchmarks: [ifbench]`` also answers IFBench's
-prompts and scores them with its programmatic verifiers (``ifbench.jsonl`` beside ``--out``, and
-an ``ifbench`` section in the metrics). Answers are journaled per batch in ``--generations``.
+The held-out prompts are the embedded task's eval split, or with ``data.source: file`` the prompts
+of the validated eval pairs (``--eval-pairs``). ``evaluate.benchmarks`` adds IFBench (verified by
+code), MT-bench (rated 1-10), Arena-Hard (pairwise against a baseline) and AlpacaEval 2 (your local
+file); a control-tag policy is also asked for each intensity of each dimension (controllability).
+Answers are journaled per batch in ``--generations``, judge calls cached: a killed run resumes.
 
-Both are scored per dimension by the judge and compared pairwise with position swap. Writes
-``responses.jsonl`` (one row per prompt) and the DVC metrics file, and prints a short table.
+Writes ``responses.jsonl`` (one row per held-out prompt) and one JSONL per benchmark beside it,
+the DVC metrics file, and prints a short table.
 """
 
 from __future__ import annotations
@@ -39,59 +40,21 @@ def main(
     config = stage_params(params)
     setup_logging("evaluate")
     from moalign.data.schema import write_json, write_jsonl
-    from moalign.evaluation.embedded import evaluate_against_reference
-    from moalign.evaluation.ifbench import load_ifbench
-    from moalign.generation import DecodingConfig, generate_resumable, model_fingerprint
-    from moalign.judges import open_judge
-    from moalign.models import load_model_and_tokenizer
+    from moalign.evaluation.run import generate_answers, judge_answers, plan_evaluation
+    from moalign.judges import open_judges
 
-    section = config.evaluate
-    held_out = held_out_prompts(config, tasks, eval_pairs)[: section.n_prompts]
+    held_out = held_out_prompts(config, tasks, eval_pairs)[: config.evaluate.n_prompts]
     if not held_out:
         raise typer.BadParameter("no held-out prompts to evaluate on (the eval split is empty)")
-    suites = {"heldout": ({t.id: t.prompt for t in held_out}, section.max_new_tokens)}
-    if "ifbench" in section.benchmarks:
-        ifbench = load_ifbench(benchmarks / "ifbench" / "IFBench_test.jsonl")[: section.benchmark_prompts]
-        suites["ifbench"] = ({item.key: item.prompt for item in ifbench}, section.benchmark_max_new_tokens)
-    answers: dict[str, dict[str, dict[str, str]]] = {}  # model -> suite -> prompt id -> answer
-    for name, model_dir, made_by in (
-        ("policy", policy, "the train_policy stage"),
-        ("reference", reference, "the prepare_model stage"),
-    ):
-        model, tokenizer = load_model_and_tokenizer(model_dir, config.model.dtype, made_by=made_by)
-        model_id = model_fingerprint(model_dir)
-        answers[name] = {}
-        for suite, (prompts, max_new_tokens) in suites.items():
-            decoding = DecodingConfig(max_new_tokens=max_new_tokens, batch_size=section.batch_size)
-            # journaled per batch: a killed evaluation resumes without regenerating
-            done = generate_resumable(
-                model, tokenizer, prompts, decoding, generations / f"{suite}-{name}.jsonl",
-                model_id=model_id, description=f"{name} {suite}",
-            )
-            answers[name][suite] = {key: completions[0] for key, completions in done.items()}
-        del model
-    policy_answers = [answers["policy"]["heldout"][t.id] for t in held_out]
-    reference_answers = [answers["reference"]["heldout"][t.id] for t in held_out]
-    with open_judge(config.judge, config.dimensions.names) as judge:
-        rows, results = evaluate_against_reference(held_out, policy_answers, reference_answers, judge)
+    plan = plan_evaluation(config, held_out, benchmarks)
+    models = {"policy": (policy, "the train_policy stage"), "reference": (reference, "the prepare_model stage")}
+    answers = generate_answers(config, plan, models, generations)
+    with open_judges(config.judge, config.dimensions.names) as judges:
+        rows, results = judge_answers(config, plan, answers, judges, out.parent)
     write_jsonl(out, rows)
-    if "ifbench" in suites:
-        per_prompt, results["ifbench"] = score_ifbench(ifbench, answers)
-        write_jsonl(out.parent / "ifbench.jsonl", per_prompt)
     write_json(metrics, results)
     print_table(results, config.dimensions.names)
 
-
-def score_ifbench(items, answers) -> tuple[list[dict], dict]:
-    """IFBench verdicts of both models' answers: per-prompt rows and the accuracies per model."""
-    from moalign.evaluation.ifbench import evaluate_response, ifbench_scores
-
-    rows, summary = [], {}
-    for name in ("policy", "reference"):
-        verdicts = [evaluate_response(item, answers[name]["ifbench"][item.key]) for item in items]
-        summary[name] = ifbench_scores(verdicts)
-        rows.extend({"model": name, "response": answers[name]["ifbench"][v["key"]], **v} for v in verdicts)
-    return rows, summary
 
 def held_out_prompts(config, tasks: Path, eval_pairs: Path | None):
     from moalign.data.schema import PreferenceRow, TaskPrompt, read_jsonl
@@ -108,8 +71,14 @@ def held_out_prompts(config, tasks: Path, eval_pairs: Path | None):
     return prompts
 
 
-def _cell(value) -> str:
-    return "—" if value is None else f"{value:.2f}"
+def _cell(value, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _win_rate_cell(report: dict) -> str:
+    if report.get("win_rate") is None:
+        return f"— ({report.get('failures', 0)} judge failures)"
+    return f"{report['win_rate']:.3f} [{report['ci95_low']:.3f}, {report['ci95_high']:.3f}]"
 
 
 def print_table(results: dict, dimensions) -> None:
@@ -123,18 +92,34 @@ def print_table(results: dict, dimensions) -> None:
     for d in dimensions:
         table.add_row(d, _cell(results["policy"]["scores"][d]), _cell(results["reference"]["scores"][d]))
     table.add_row("mean score", _cell(results["policy"]["mean_score"]), _cell(results["reference"]["mean_score"]))
-    table.add_row("avg words", f"{results['policy']['avg_words']:.1f}", f"{results['reference']['avg_words']:.1f}")
+    table.add_row("avg words", _cell(results["policy"]["avg_words"], 1), _cell(results["reference"]["avg_words"], 1))
     wr = results["win_rate_vs_reference"]
-    table.add_row(
-        "win rate vs reference", f"{wr['win_rate']:.3f} [{wr['ci95_low']:.3f}, {wr['ci95_high']:.3f}]",
-        f"W{wr['wins']} T{wr['ties']} L{wr['losses']}",
-    )
-    table.add_row("length-controlled win rate", f"{wr['length_controlled_win_rate']:.3f}", "")
+    table.add_row("win rate vs reference", _win_rate_cell(wr), f"W{wr['wins']} T{wr['ties']} L{wr['losses']}")
+    table.add_row("length-controlled win rate", _cell(wr["length_controlled_win_rate"], 3), "")
     if "ifbench" in results:
         for level in ("prompt", "instruction"):
             key = f"{level}_level_strict_acc"
             table.add_row(f"IFBench {level}-level (strict)", _cell(results["ifbench"]["policy"].get(key)),
                           _cell(results["ifbench"]["reference"].get(key)))
+    if "mt_bench" in results:
+        mt = results["mt_bench"]
+        table.add_row("MT-bench (1-10)", _cell(mt["policy"]["overall"]), _cell(mt["reference"]["overall"]))
+    for name, title in (("arena_hard", "Arena-Hard win rate"), ("alpaca_eval", "AlpacaEval LC win rate")):
+        if name in results:
+            section = results[name]
+            cells = []
+            for model in ("policy", "reference"):
+                report = section.get(model)
+                if report is None:
+                    cells.append("(baseline)")
+                elif name == "alpaca_eval":
+                    cells.append(_cell(report["length_controlled_win_rate"], 3))
+                else:
+                    cells.append(_win_rate_cell(report))
+            table.add_row(title, *cells)
+    if "controllability" in results:
+        for d, entry in results["controllability"]["dimensions"].items():
+            table.add_row(f"controllability ρ ({d})", _cell(entry["spearman"]), "")
     Console(stderr=True).print(table)
 
 

@@ -229,19 +229,60 @@ class TrainParams(_Section):
         return self._modpo_primary_index
 
 
+#: benchmarks whose scoring needs an LLM judge (the others are verified by code)
+JUDGED_BENCHMARKS = ("mt_bench", "arena_hard", "alpaca_eval")
+#: train.method values whose policy reads control tags before the prompt, and the tags' style
+#: (moalign.control_tags)
+CONTROL_TAG_METHODS = {"controllable_cpo": "cpo"}
+
+
 class EvaluateParams(_Section):
     n_prompts: int = Field(32, ge=1, description="Held-out prompts to generate on.")
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
-    benchmarks: list[Literal["ifbench"]] = Field(
+    benchmarks: list[Literal["ifbench", "mt_bench", "arena_hard", "alpaca_eval"]] = Field(
         default_factory=list,
         description="Public benchmarks to run besides the held-out prompts (data/benchmarks). ifbench: 294 "
-        "prompts with programmatic verifiers, no judge needed.",
+        "prompts with programmatic verifiers, no judge needed; mt_bench: 80 two-turn questions rated 1-10; "
+        "arena_hard: 500 prompts judged pairwise against a baseline; alpaca_eval: 805 instructions from "
+        "your local file (evaluate.alpaca_eval_path). The last three need an LLM judge.",
     )
     benchmark_prompts: int | None = Field(
         None, ge=1, description="Only the first N prompts of each benchmark (a CPU-sized run); null = all."
     )
     benchmark_max_new_tokens: int = Field(256, ge=1, description="Answer length for the benchmarks' prompts.")
+    pairwise_template: Literal["amopo_winrate", "arena_hard_v0.1"] = Field(
+        "amopo_winrate",
+        description="With an LLM judge, the held-out win rate is its pairwise verdict in both orders, asked "
+        "with this template (AMoPO Appendix D.2, or Arena-Hard's).",
+    )
+    arena_hard_baseline: str | None = Field(
+        None,
+        description="Arena-Hard baseline answers (JSONL: uid or question_id, and answer or arena-hard's "
+        "choices[0].turns[0].content); null = the reference model's answers.",
+    )
+    alpaca_eval_path: str | None = Field(
+        None,
+        description="AlpacaEval 2 file (JSON list or JSONL with instruction and output, the baseline's "
+        "answer). Not shipped: its licence is non-commercial.",
+    )
+    controllability: bool | Literal["auto"] = Field(
+        "auto",
+        description="Requested vs measured score per dimension for control-tag policies (MOSLIM Fig. 5); "
+        "auto = when train.method reads control tags.",
+    )
+    controllability_prompts: int = Field(8, ge=1, description="Held-out prompts per (dimension, level).")
+    controllability_levels: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5], min_length=2, description="Requested intensities (1-5)."
+    )
+
+    @model_validator(mode="after")
+    def _levels_in_range(self) -> EvaluateParams:
+        bad = [level for level in self.controllability_levels if not 1 <= level <= 5]
+        if bad or len(set(self.controllability_levels)) != len(self.controllability_levels):
+            raise ValueError(f"evaluate.controllability_levels must be distinct values in 1-5, got "
+                             f"{self.controllability_levels}")
+        return self
 
 
 class RegisterParams(_Section):
@@ -295,6 +336,30 @@ class Params(_Section):
         if self.data.pair_by != "mean" and self.data.pair_by not in names:
             raise ValueError(f"data.pair_by must be 'mean' or one of dimensions.names {names}, got {self.data.pair_by!r}")
         return self
+
+    @model_validator(mode="after")
+    def _evaluation_can_run(self) -> Params:
+        section = self.evaluate
+        judged = [b for b in section.benchmarks if b in JUDGED_BENCHMARKS]
+        if judged and self.judge.backend == "programmatic":
+            raise ValueError(
+                f"evaluate.benchmarks has {', '.join(judged)}, which need an LLM judge: set judge.backend to "
+                "openai_compatible or local_server (ifbench alone runs without one)"
+            )
+        if "alpaca_eval" in section.benchmarks and not section.alpaca_eval_path:
+            raise ValueError("evaluate.benchmarks has alpaca_eval: set evaluate.alpaca_eval_path to your "
+                             "local AlpacaEval 2 file (it is not shipped: non-commercial licence)")
+        if section.controllability is True and self.train.method not in CONTROL_TAG_METHODS:
+            raise ValueError(
+                f"evaluate.controllability is true but train.method {self.train.method!r} reads no control "
+                f"tags (those that do: {', '.join(CONTROL_TAG_METHODS)}); use auto or false"
+            )
+        return self
+
+    @property
+    def control_tag_style(self) -> str | None:
+        """The control-tag style of the trained policy, or None when it reads no tags."""
+        return CONTROL_TAG_METHODS.get(self.train.method)
 
     @model_validator(mode="after")
     def _fixed_weights_match_dimensions(self) -> Params:

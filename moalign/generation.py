@@ -32,23 +32,30 @@ class NoChatTemplateError(ValueError):
     """The model directory's tokenizer has no chat template, and every prompt is a chat turn."""
 
 
-def chat_prompt(tokenizer, user_text: str) -> str:
-    """The model's chat template applied to one user turn, ready for the assistant's answer."""
+#: a user turn, or a whole conversation ({"role", "content"} messages ending with a user turn: an
+#: MT-bench second turn carries the first question and the model's own first answer)
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+def chat_prompt(tokenizer, prompt: Prompt) -> str:
+    """The model's chat template applied to one user turn (or a conversation), ready for the
+    assistant's answer."""
     if not getattr(tokenizer, "chat_template", None):
         raise NoChatTemplateError(
             f"{tokenizer.name_or_path}: the tokenizer has no chat template; moalign sends every prompt as "
             "a chat turn, so use an instruct/chat model or add a chat_template to its tokenizer_config.json"
         )
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
-    )
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("a conversation to answer must end with a user turn")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @torch.inference_mode()
 def generate(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     config: DecodingConfig,
     description: str = "generating",
     on_batch: Callable[[dict[int, list[str]]], None] | None = None,
@@ -125,7 +132,7 @@ def _read_journal(path: Path, fingerprint: str) -> dict[str, list[str]]:
 def generate_resumable(
     model,
     tokenizer,
-    prompts: Mapping[str, str],
+    prompts: Mapping[str, Prompt],
     config: DecodingConfig,
     journal: str | os.PathLike[str],
     *,

@@ -194,3 +194,6 @@ def test_exp_run_trains_every_method_end_to_end(project, method):
     assert metrics["win_rate_vs_reference"]["n"] == 6
     curves = json.loads((project / "plots/train_curves.json").read_text())
     assert curves and all(math.isfinite(entry["loss"]) for entry in curves)
+    # a control-tag policy is also asked for each intensity of each dimension
+    assert ("controllability" in metrics) == (method == "controllable_cpo")
+    assert (project / "eval" / "controllability.csv").is_file() == (method == "controllable_cpo")

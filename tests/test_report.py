@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from moalign.evaluation.report import (
     FIGURE_FILES,
+    OPTIONAL_FIGURE_FILES,
+    _benchmark_win_rows,
     build_report,
     experiments_from_mlflow,
     pareto_front,
@@ -225,7 +227,7 @@ def test_build_report_writes_a_self_contained_page_with_the_key_numbers(tmp_path
     experiments = [{"name": "dpo 1234abcd", "kind": "run",
                     "scores": {"correctness": 3.5, "instruction_following": 2.5},
                     "win_rate": {"win_rate": 0.45, "ci95_low": 0.3, "ci95_high": 0.6}}]
-    when = datetime(2026, 11, 23, 17, 5, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 23, 17, 5, tzinfo=UTC)
     index = build_report(tmp_path / "reports", metrics=_metrics(), history=_history(),
                          dimensions=DIMS, experiments=experiments, title="A <test> report",
                          generated_at=when)
@@ -340,3 +342,186 @@ def test_report_stage_rejects_an_unknown_pareto_dimension(tmp_path):
     assert result.exit_code == 2
     assert "charm" in result.output and "dimensions.names" in result.output
     assert not (tmp_path / "reports").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Optional sections: benchmarks and controllability
+# ------------------------------------------------------------------------------------------------
+
+
+def _ifbench(strict, loose, scored=19) -> dict:
+    return {"prompt_level_strict_acc": strict, "prompt_level_loose_acc": loose,
+            "instruction_level_strict_acc": 0.4, "instruction_level_loose_acc": 0.45,
+            "n_prompts": 20, "n_prompts_scored": scored, "n_instructions": 31,
+            "n_unverifiable": 2, "per_category": {"count": {"n": 5, "strict": 0.2, "loose": 0.4}}}
+
+
+def _pairwise(win_rate, **extra) -> dict:
+    return {"win_rate": win_rate, "ci95_low": win_rate - 0.1, "ci95_high": win_rate + 0.1,
+            "length_controlled_win_rate": win_rate + 0.02, "wins": 12, "ties": 3, "losses": 5,
+            "n": 20, "failures": 1, "avg_words": 120.5, "baseline_avg_words": 310.25, **extra}
+
+
+def _full_metrics() -> dict:
+    metrics = _metrics()
+    metrics["win_rate_vs_reference"].update(
+        {"judge": "qwen <b>judge</b> (amopo_winrate, position swap)", "failures": 3})
+    metrics["ifbench"] = {"policy": _ifbench(0.25, 0.375), "reference": _ifbench(0.2, None)}
+    metrics["mt_bench"] = {
+        "judge": "<script>alert(1)</script>",
+        "policy": {"overall": 6.125, "turn_1": 6.5, "turn_2": None, "n_ratings": 160,
+                   "failures": 4, "per_category": {"writing": {"score": 7.25, "n": 20,
+                                                                "failures": 0},
+                                                    "math & <logic>": {"score": 3.0, "n": 20,
+                                                                       "failures": 1}}},
+        "reference": {"overall": 5.5, "turn_1": 5.75, "turn_2": 5.25, "n_ratings": 160,
+                      "failures": 0, "per_category": {"writing": {"score": 6.0, "n": 20,
+                                                                   "failures": 0}}},
+    }
+    metrics["arena_hard"] = {"baseline": "gpt-4-0314.jsonl", "judge": "arena judge",
+                             "policy": _pairwise(0.5, score=0.4321),
+                             "reference": _pairwise(0.3, score=None)}
+    metrics["alpaca_eval"] = {"baseline": "gpt4_turbo.json", "judge": "alpaca judge",
+                              "policy": _pairwise(0.625), "reference": _pairwise(0.4)}
+    metrics["controllability"] = {
+        "style": "moslim", "levels": [1, 2, 3, 4, 5], "n_prompts": 8,
+        "dimensions": {
+            "verbosity": {"mean_by_level": {"1": 2.0, "2": 2.5, "3": 3.0, "4": 3.5, "5": 4.25},
+                          "spearman": 0.8766, "p_value": 0.0004, "n": 38, "failures": 2,
+                          "undefined_reason": None},
+            "<harm>": {"mean_by_level": {str(level): 3.0 for level in range(1, 6)},
+                       "spearman": None, "p_value": None, "n": 40, "failures": 0,
+                       "undefined_reason": "constant scores <all 3>"},
+        },
+    }
+    return metrics
+
+
+def _text(page: str) -> str:
+    """The page's visible text, tags dropped and whitespace collapsed (entities kept)."""
+    return " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
+def _benchmark_rows(page: str) -> dict[str, list[str]]:
+    """The Benchmarks table as ``metric -> [policy, reference, Δ]`` (text of the cells)."""
+    table = re.search(r'<table class="benchmarks">(.*?)</table>', page, re.DOTALL)
+    assert table, "no benchmarks table"
+    rows = {}
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table.group(1), re.DOTALL)[1:]:  # after the head
+        cells = re.findall(r'<td(?: class="(?:metric|reason)")?>(.*?)</td>', row, re.DOTALL)
+        cells = [_text(c) for c in cells]
+        rows.setdefault(cells[0], [])
+        rows[cells[0]].append(cells[1:])
+    return rows
+
+
+def test_build_report_shows_every_benchmark_and_the_controllability_check(tmp_path):
+    index = build_report(tmp_path, metrics=_full_metrics(), history=_history(), dimensions=DIMS)
+    page = index.read_text()
+    assert len(_images(page)) == 7  # the five figures, benchmark win rates and controllability
+    for name in OPTIONAL_FIGURE_FILES.values():
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+    rows = _benchmark_rows(page)
+    # IFBench as percentages, Δ in percentage points, a null as —
+    assert rows["prompt-level strict accuracy"] == [["25.0%", "20.0%", "+5.0 pp"]]
+    assert rows["prompt-level loose accuracy"] == [["37.5%", "—", "—"]]
+    assert rows["prompts scored"] == [["19 of 20", "19 of 20", ""]]
+    # MT-bench on its 1-10 scale, a category only the policy has, a missing turn 2
+    assert rows["overall (1-10)"] == [["6.12", "5.50", "+0.62"]]
+    assert rows["turn 2"] == [["—", "5.25", "—"]]
+    assert rows["writing"] == [["7.25", "6.00", "+1.25"]]
+    assert rows["math &amp; &lt;logic&gt;"] == [["3.00", "—", "—"]]
+    # Arena-Hard then AlpacaEval: the same metric names, in this order
+    assert rows["score (weighted battles)"] == [["43.2%", "—", "—"]]
+    assert rows["win rate [95% CI]"] == [
+        ["50.0% [40.0, 60.0]", "30.0% [20.0, 40.0]", "+20.0 pp"],
+        ["62.5% [52.5, 72.5]", "40.0% [30.0, 50.0]", "+22.5 pp"],
+    ]
+    assert rows["length-controlled win rate"][0] == ["52.0%", "32.0%", "+20.0 pp"]
+    assert rows["wins / ties / losses"][0] == ["12 / 3 / 5", "12 / 3 / 5", ""]
+    assert rows["average words"][0] == ["120.5", "120.5", "+0.0"]
+    assert rows["baseline's average words"][0] == ["310.2", "310.2", ""]
+    assert rows["judge failures"] == [["4 of 160", "0 of 160", ""], ["1 of 20", "1 of 20", ""],
+                                      ["1 of 20", "1 of 20", ""]]
+    assert "vs gpt-4-0314.jsonl" in page and "vs gpt4_turbo.json" in page
+    text = _text(page)
+    assert "MT-bench: &lt;script&gt;alert(1)&lt;/script&gt; · Arena-Hard: arena judge" in text
+    # the held-out win rate's judge under its figure, escaped
+    assert "judge: qwen &lt;b&gt;judge&lt;/b&gt; (amopo_winrate, position swap); 3 judge" in text
+
+    # controllability: its figure and one row per dimension, ρ or why it is undefined
+    card = re.search(r'<section class="card" id="controllability">(.*?)</section>', page, re.DOTALL)
+    assert card and len(_images(card.group(1))) == 1
+    card_text = _text(card.group(1))
+    assert "verbosity +0.877 &lt; 0.001 38 2" in card_text
+    assert "&lt;harm&gt; undefined: constant scores &lt;all 3&gt; 40 0" in card_text
+    assert "conditioning: moslim; levels 1, 2, 3, 4, 5; 8 prompts" in card_text
+    assert "<script" not in page and "<harm>" not in page and "<b>judge</b>" not in page
+
+
+def test_build_report_without_the_optional_sections_shows_none_of_them(tmp_path):
+    # an earlier report of the same folder had them: their figures must not linger
+    build_report(tmp_path, metrics=_full_metrics(), history=_history(), dimensions=DIMS)
+    page = build_report(tmp_path, metrics=_metrics(), history=_history(),
+                        dimensions=DIMS).read_text()
+    assert len(_images(page)) == 5
+    for absent in ("Benchmarks", 'id="benchmarks"', 'id="benchmark_win_rates"',
+                   'id="controllability"', "Spearman", "IFBench", "MT-bench", "Arena-Hard",
+                   "AlpacaEval:", "<b>AlpacaEval</b>", "judge:", "Judges:", "pp</span>"):
+        assert absent not in page, absent
+    assert not any((tmp_path / name).exists() for name in OPTIONAL_FIGURE_FILES.values())
+
+
+def test_build_report_with_only_some_benchmarks(tmp_path):
+    metrics = _metrics()
+    metrics["ifbench"] = {"policy": _ifbench(None, None, scored=0)}  # no reference run
+    # Arena-Hard against the reference model itself: no reference result of its own
+    metrics["arena_hard"] = {"baseline": "reference", "judge": "j",
+                             "policy": _pairwise(0.55, score=None, baseline_avg_words=36.75)}
+    page = build_report(tmp_path, metrics=metrics, history=[], dimensions=DIMS).read_text()
+    rows = _benchmark_rows(page)
+    assert rows["prompt-level strict accuracy"] == [["—", "—", "—"]]
+    assert rows["prompts scored"] == [["0 of 20", "—", ""]]
+    assert rows["score (weighted battles)"] == [["—", "baseline", "—"]]
+    assert rows["win rate [95% CI]"] == [["55.0% [45.0, 65.0]", "baseline", "—"]]
+    assert rows["average words"] == [["120.5", "36.8", "+83.8"]]  # the reference's words
+    assert "baseline's average words" not in rows
+    assert "vs the reference model" in page
+    assert "MT-bench" not in page and "AlpacaEval:" not in page and "Spearman" not in page
+    assert "<b>AlpacaEval</b>" not in page
+    assert len(_images(page)) == 6  # the benchmark win rates, no controllability
+    assert not (tmp_path / OPTIONAL_FIGURE_FILES["controllability"]).exists()
+
+
+def test_build_report_draws_the_controllability_summary_it_is_given(tmp_path, monkeypatch):
+    from moalign.evaluation import controllability
+
+    seen = []
+
+    def figure(summary):
+        seen.append(summary)
+        fig = Figure(figsize=(2, 2))
+        fig.add_subplot().plot([1, 2], [1, 2])
+        return fig
+
+    monkeypatch.setattr(controllability, "controllability_figure", figure)
+    metrics = {**_metrics(), "controllability": _full_metrics()["controllability"]}
+    page = build_report(tmp_path, metrics=metrics, history=[], dimensions=DIMS).read_text()
+    assert seen == [metrics["controllability"]]
+    assert 'id="controllability"' in page and 'id="benchmarks"' not in page
+
+
+def test_benchmark_win_rate_figure_has_one_bar_per_benchmark_and_model():
+    metrics = _full_metrics()
+    metrics["alpaca_eval"]["reference"]["win_rate"] = None  # no bar for it
+    rows = _benchmark_win_rows(metrics)
+    assert [r["name"] for r in rows] == ["Arena-Hard: policy", "Arena-Hard: reference",
+                                         "AlpacaEval: policy"]
+    fig = win_rate_bars(rows)
+    ax = fig.axes[0]
+    ticks = dict(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels()), strict=True))
+    assert ticks == {2: "Arena-Hard: policy", 1: "Arena-Hard: reference", 0: "AlpacaEval: policy"}
+    bars = next(c for c in ax.containers if isinstance(c, BarContainer))
+    colors = {tuple(round(v, 3) for v in p.get_facecolor()[:3]) for p in bars.patches}
+    assert len(colors) == 2  # the policy's bars and the reference's differ

@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from moalign.evaluation.mtbench import iter_numbered_rows, unique_rows
 from moalign.evaluation.winrate import (
@@ -229,3 +229,52 @@ def questions_by_cluster(
     for question in questions:
         grouped.setdefault(question.cluster, []).append(question)
     return grouped
+
+
+class _Turn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: str
+
+
+class _AnswerChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    turns: list[_Turn] = Field(min_length=1)
+
+
+class BaselineAnswer(BaseModel):
+    """A baseline's answer to one prompt: arena-hard-auto's ``model_answer`` format
+    (``question_id`` or ``uid``, ``choices[0].turns[0].content``) or a plain ``uid`` + ``answer``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    uid: str = Field(min_length=1, validation_alias=AliasChoices("uid", "question_id"))
+    answer: str | None = None
+    choices: list[_AnswerChoice] | None = None
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> BaselineAnswer:
+        if self.answer is None and not self.choices:
+            raise ValueError("needs 'answer' or 'choices' (arena-hard-auto's model_answer format)")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.answer if self.answer is not None else self.choices[0].turns[0].content
+
+
+def load_baseline_answers(
+    path: str | os.PathLike[str], questions: Sequence[ArenaHardQuestion]
+) -> dict[str, str]:
+    """The baseline's answer per uid of ``questions``; an error names the file and line of a bad
+    row, or the first question the file has no answer for."""
+    path = Path(path)
+    answers = {row.uid: row.text for row in unique_rows(path, iter_numbered_rows(path, BaselineAnswer), "uid")}
+    missing = [q.uid for q in questions if q.uid not in answers]
+    if missing:
+        raise ValueError(
+            f"{path}: no baseline answer for {len(missing)} of {len(questions)} Arena-Hard prompts "
+            f"(first: uid {missing[0]!r})"
+        )
+    return {q.uid: answers[q.uid] for q in questions}

@@ -13,9 +13,15 @@ with the object-oriented API (no pyplot, no global state, rendered by the Agg ca
 
 :func:`build_report` writes ``<out_dir>/index.html``: a single self-contained page (figures embedded
 as base64 PNG), a table of the key numbers, the generation date and a note on each chart, plus
-each figure as a PNG beside it. :func:`experiments_from_mlflow` reads earlier runs of an MLflow
-experiment for the Pareto front and the win-rate bars; an absent or empty store gives no runs, never
-an error. Core library: no DVC or Prefect imports.
+each figure as a PNG beside it. The evaluate stage's optional sections each add to the page only
+when metrics.json has them: ``ifbench``, ``mt_bench``, ``arena_hard`` and ``alpaca_eval`` a
+Benchmarks table (and, for the last two, a chart of the win rates against their baselines),
+``controllability`` the chart of :func:`moalign.evaluation.controllability.controllability_figure`
+with Spearman's rho per dimension (:data:`OPTIONAL_FIGURE_FILES`).
+
+:func:`experiments_from_mlflow` reads earlier runs of an MLflow experiment for the Pareto front and
+the win-rate bars; an absent or empty store gives no runs, never an error. Core library: no DVC or
+Prefect imports.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import os
 import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ from matplotlib.markers import MarkerStyle
 
 __all__ = [
     "FIGURE_FILES",
+    "OPTIONAL_FIGURE_FILES",
     "build_report",
     "experiments_from_mlflow",
     "pareto_front",
@@ -58,6 +65,12 @@ FIGURE_FILES = {
     "win_rate": "win_rate.png",
     "training": "training_curves.png",
     "weights": "weights.png",
+}
+#: PNGs written only when metrics.json holds their section (an old one is removed otherwise):
+#: Arena-Hard's and AlpacaEval's win rates against their baselines, and the controllability check
+OPTIONAL_FIGURE_FILES = {
+    "benchmark_win_rates": "benchmark_win_rates.png",
+    "controllability": "controllability.png",
 }
 
 SCORE_RANGE = (1.0, 5.0)  # the judges' scale
@@ -343,13 +356,20 @@ def pareto_front(points: Sequence[Mapping[str, Any]], x: str, y: str) -> Figure:
     return fig
 
 
-def win_rate_bars(rows: Sequence[Mapping[str, Any]]) -> Figure:
+def win_rate_bars(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "Win rate against the reference (position swap)",
+    xlabel: str = "win rate vs reference (ties count half)",
+) -> Figure:
     """Win rate against the reference, one bar per row, ties counting half.
 
     ``rows``: dicts with ``name`` and ``win_rate``, optionally ``ci95_low``/``ci95_high`` (drawn as
     asymmetric error bars: one errorbar container for the rows that have them),
-    ``length_controlled_win_rate`` (a red diamond) and ``wins``/``ties``/``losses`` (written under
-    the bar). The 0.5 line is where the policy is as good as the reference."""
+    ``length_controlled_win_rate`` (a red diamond), ``wins``/``ties``/``losses`` (written under
+    the bar) and ``color`` (default: the first row this run's blue, the others pale). The 0.5 line
+    is where the policy is as good as the reference (or a benchmark's baseline: ``title`` and
+    ``xlabel`` say against what)."""
     rows = [r for r in rows if _number(r.get("win_rate")) is not None]
     height = max(3.2, 1.6 + 0.55 * len(rows))
     fig = Figure(figsize=(6.4, height), dpi=_DPI, layout="constrained")
@@ -359,7 +379,9 @@ def win_rate_bars(rows: Sequence[Mapping[str, Any]]) -> Figure:
         return fig
     positions = list(range(len(rows)))[::-1]  # first row on top
     rates = [float(r["win_rate"]) for r in rows]
-    colors = [_POLICY_COLOR if i == 0 else _RUN_COLOR for i in range(len(rows))]
+    colors = [
+        str(r.get("color") or (_POLICY_COLOR if i == 0 else _RUN_COLOR)) for i, r in enumerate(rows)
+    ]
     ax.barh(positions, rates, color=colors, height=0.6, alpha=0.8, zorder=2)
     with_ci = [
         (pos, r)
@@ -411,8 +433,8 @@ def win_rate_bars(rows: Sequence[Mapping[str, Any]]) -> Figure:
     ax.set_yticklabels([str(r.get("name", "?")) for r in rows], fontsize=9)
     ax.set_xlim(0, 1)
     ax.set_ylim(min(positions) - 0.7, max(positions) + 0.5)
-    ax.set_xlabel("win rate vs reference (ties count half)")
-    ax.set_title("Win rate against the reference (position swap)", fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=11)
     ax.grid(True, axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     return fig
@@ -621,13 +643,28 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "—" if number is None else f"{number:.{digits}f}"
 
 
-def _delta(policy: Any, reference: Any) -> str:
+def _pct(value: Any, digits: int = 1) -> str:
+    """A 0-1 rate as a percentage (``0.25`` -> ``25.0%``); missing -> ``—``."""
+    number = _number(value)
+    return "—" if number is None else f"{100 * number:.{digits}f}%"
+
+
+def _delta(
+    policy: Any, reference: Any, *, scale: float = 1.0, digits: int = 2, unit: str = ""
+) -> str:
+    """Policy minus reference (times ``scale``), signed and coloured; ``—`` when either is
+    missing."""
     p, r = _number(policy), _number(reference)
     if p is None or r is None:
         return "—"
-    d = p - r
+    d = (p - r) * scale
     css = "up" if d > 1e-9 else "down" if d < -1e-9 else "flat"
-    return f'<span class="{css}">{d:+.2f}</span>'
+    return f'<span class="{css}">{d:+.{digits}f}{unit}</span>'
+
+
+def _pp_delta(policy: Any, reference: Any) -> str:
+    """The difference of two 0-1 rates in percentage points."""
+    return _delta(policy, reference, scale=100.0, digits=1, unit=" pp")
 
 
 def _key_numbers_table(metrics: Mapping[str, Any], dimensions: Sequence[str]) -> str:
@@ -697,6 +734,333 @@ def _experiments_table(
     )
 
 
+# --- the optional benchmark sections of metrics.json (evaluate.benchmarks) ---
+
+#: metrics.json key -> shown name, in the order of the Benchmarks table
+_BENCHMARKS = {
+    "ifbench": "IFBench",
+    "mt_bench": "MT-bench",
+    "arena_hard": "Arena-Hard",
+    "alpaca_eval": "AlpacaEval",
+}
+_MUTED_BASELINE = '<span class="muted">baseline</span>'
+# a table row: metric (HTML), policy, reference, Δ, and whether it is a sub-row
+_Row = tuple[str, str, str, str, bool]
+
+
+#: what each benchmark's rows mean, in the Benchmarks card's note when the benchmark is there
+_BENCHMARK_NOTES = {
+    "ifbench": (
+        "IFBench is checked by code, no judge: strict takes the response as written, loose also "
+        "accepts it without markdown or its first or last line; a prompt counts when every "
+        "instruction in it is followed."
+    ),
+    "mt_bench": (
+        "MT-bench: a judge rates each of the two turns 1-10 (indented: the mean per category)."
+    ),
+    "arena_hard": (
+        "Arena-Hard: a judge compares each answer with the baseline's; its score counts a strong "
+        "verdict as three battles, the win rate counts ties half."
+    ),
+    "alpaca_eval": (
+        "AlpacaEval: a judge compares each answer with the baseline's, ties counting half; the "
+        "length-controlled win rate removes the judge's preference for longer answers."
+    ),
+}
+
+
+def _section(metrics: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = metrics.get(key)
+    return value if isinstance(value, Mapping) else None
+
+
+def _models(section: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    policy, reference = section.get("policy"), section.get("reference")
+    return (
+        policy if isinstance(policy, Mapping) else {},
+        reference if isinstance(reference, Mapping) else {},
+    )
+
+
+def _of(row: Mapping[str, Any], part: str, whole: str) -> str:
+    """``part of whole`` counts (``—`` when the model has no result)."""
+    if not row:
+        return "—"
+    return f"{_fmt(row.get(part), 0)} of {_fmt(row.get(whole), 0)}"
+
+
+def _win_cell(row: Mapping[str, Any]) -> str:
+    """``53.1% [50.0, 57.8]``: the win rate with its 95% interval when there is one."""
+    text = _pct(row.get("win_rate"))
+    low, high = _number(row.get("ci95_low")), _number(row.get("ci95_high"))
+    if text != "—" and low is not None and high is not None:
+        text += f' <span class="ci">[{100 * low:.1f}, {100 * high:.1f}]</span>'
+    return text
+
+
+def _outcomes(row: Mapping[str, Any]) -> str:
+    counts = [_number(row.get(k)) for k in ("wins", "ties", "losses")]
+    if not row or any(c is None for c in counts):
+        return "—"
+    return " / ".join(f"{int(c)}" for c in counts if c is not None)
+
+
+def _ifbench_rows(section: Mapping[str, Any]) -> list[_Row]:
+    p, r = _models(section)
+    rows: list[_Row] = []
+    for key, label in (
+        ("prompt_level_strict_acc", "prompt-level strict accuracy"),
+        ("prompt_level_loose_acc", "prompt-level loose accuracy"),
+        ("instruction_level_strict_acc", "instruction-level strict accuracy"),
+        ("instruction_level_loose_acc", "instruction-level loose accuracy"),
+    ):
+        bold = key == "prompt_level_strict_acc"
+        cells = [_pct(p.get(key)), _pct(r.get(key))]
+        if bold:
+            label, cells = f"<b>{label}</b>", [f"<b>{c}</b>" for c in cells]
+        rows.append((label, cells[0], cells[1], _pp_delta(p.get(key), r.get(key)), False))
+    rows.append(
+        (
+            "prompts scored",
+            _of(p, "n_prompts_scored", "n_prompts"),
+            _of(r, "n_prompts_scored", "n_prompts"),
+            "",
+            False,
+        )
+    )
+    rows.append(
+        (
+            "unverifiable instructions",
+            _fmt(p.get("n_unverifiable"), 0),
+            _fmt(r.get("n_unverifiable"), 0),
+            "",
+            False,
+        )
+    )
+    return rows
+
+
+def _mt_bench_rows(section: Mapping[str, Any]) -> list[_Row]:
+    p, r = _models(section)
+    rows: list[_Row] = [
+        (
+            "<b>overall (1-10)</b>",
+            f"<b>{_fmt(p.get('overall'))}</b>",
+            f"<b>{_fmt(r.get('overall'))}</b>",
+            _delta(p.get("overall"), r.get("overall")),
+            False,
+        ),
+    ]
+    for turn in ("turn_1", "turn_2"):
+        delta = _delta(p.get(turn), r.get(turn))
+        rows.append((_label(turn), _fmt(p.get(turn)), _fmt(r.get(turn)), delta, False))
+    p_cats, r_cats = p.get("per_category") or {}, r.get("per_category") or {}
+    categories = [*p_cats, *(c for c in r_cats if c not in p_cats)]
+    for category in categories:
+        pc, rc = p_cats.get(category) or {}, r_cats.get(category) or {}
+        rows.append(
+            (
+                html.escape(str(category)),
+                _fmt(pc.get("score")),
+                _fmt(rc.get("score")),
+                _delta(pc.get("score"), rc.get("score")),
+                True,
+            )
+        )
+    failures = [_of(m, "failures", "n_ratings") for m in (p, r)]
+    rows.append(("judge failures", failures[0], failures[1], "", False))
+    return rows
+
+
+def _pairwise_rows(section: Mapping[str, Any], *, arena: bool) -> list[_Row]:
+    """Arena-Hard's or AlpacaEval's rows. When Arena-Hard's baseline is the reference model
+    itself, the reference column says ``baseline`` and its words are the baseline's."""
+    p, r = _models(section)
+    against_reference = arena and section.get("baseline") == "reference" and not r
+    # the headline first: Arena-Hard's battle score, AlpacaEval's length-controlled win rate
+    rates = (
+        ["score", "win_rate", "length_controlled_win_rate"]
+        if arena
+        else ["length_controlled_win_rate", "win_rate"]
+    )
+    labels = {
+        "score": "score (weighted battles)",
+        "win_rate": "win rate [95% CI]",
+        "length_controlled_win_rate": "length-controlled win rate",
+    }
+    rows: list[_Row] = []
+    for index, key in enumerate(rates):
+        label = labels[key]
+        cells = [_win_cell(m) if key == "win_rate" else _pct(m.get(key)) for m in (p, r)]
+        if index == 0:
+            label, cells = f"<b>{label}</b>", [f"<b>{c}</b>" for c in cells]
+        if against_reference:
+            cells[1] = _MUTED_BASELINE
+        rows.append((label, cells[0], cells[1], _pp_delta(p.get(key), r.get(key)), False))
+    rows.append(
+        (
+            "wins / ties / losses",
+            _outcomes(p),
+            _MUTED_BASELINE if against_reference else _outcomes(r),
+            "",
+            False,
+        )
+    )
+    reference_words = r.get("avg_words") if r else None
+    if against_reference:
+        reference_words = p.get("baseline_avg_words")
+    rows.append(
+        (
+            "average words",
+            _fmt(p.get("avg_words"), 1),
+            _fmt(reference_words, 1),
+            _delta(p.get("avg_words"), reference_words, digits=1),
+            False,
+        )
+    )
+    if not against_reference:
+        rows.append(
+            (
+                "baseline's average words",
+                _fmt(p.get("baseline_avg_words"), 1),
+                _fmt(r.get("baseline_avg_words"), 1),
+                "",
+                False,
+            )
+        )
+    rows.append(
+        (
+            "judge failures",
+            _of(p, "failures", "n"),
+            "—" if against_reference else _of(r, "failures", "n"),
+            "",
+            False,
+        )
+    )
+    return rows
+
+
+def _baseline_text(key: str, section: Mapping[str, Any]) -> str:
+    baseline = section.get("baseline")
+    if key not in ("arena_hard", "alpaca_eval") or baseline is None:
+        return ""
+    if baseline == "reference":
+        return "vs the reference model"
+    return f"vs {baseline}"
+
+
+def _benchmarks_card(metrics: Mapping[str, Any]) -> str:
+    """The Benchmarks card: one group of rows per benchmark section in ``metrics``, or ``""``."""
+    builders = {
+        "ifbench": _ifbench_rows,
+        "mt_bench": _mt_bench_rows,
+        "arena_hard": lambda s: _pairwise_rows(s, arena=True),
+        "alpaca_eval": lambda s: _pairwise_rows(s, arena=False),
+    }
+    body, judges, notes = [], [], []
+    for key, name in _BENCHMARKS.items():
+        section = _section(metrics, key)
+        if section is None:
+            continue
+        notes.append(_BENCHMARK_NOTES[key])
+        rows = builders[key](section)
+        baseline = _baseline_text(key, section)
+        head = f"<b>{html.escape(name)}</b>" + (
+            f'<div class="muted">{html.escape(baseline)}</div>' if baseline else ""
+        )
+        for index, (metric, policy, reference, delta, sub) in enumerate(rows):
+            first = (
+                f'<td class="bench" rowspan="{len(rows)}">{head}</td>' if index == 0 else ""
+            )
+            css = ' class="first"' if index == 0 else ' class="sub"' if sub else ""
+            body.append(
+                f"<tr{css}>{first}<td class=\"metric\">{metric}</td><td>{policy}</td>"
+                f"<td>{reference}</td><td>{delta}</td></tr>"
+            )
+        if section.get("judge"):
+            judges.append(f"{name}: {section['judge']}")
+    if not body:
+        return ""
+    judge_note = (
+        f'<p class="note">Judges: {html.escape(" · ".join(judges))}.</p>' if judges else ""
+    )
+    return (
+        '<section class="card" id="benchmarks"><h2>Benchmarks</h2>'
+        '<table class="benchmarks"><thead><tr><th>benchmark</th><th>metric</th><th>policy</th>'
+        f"<th>reference</th><th>Δ</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'<p class="note">{html.escape(" ".join([_NOTES["benchmarks"], *notes]))}</p>'
+        f"{judge_note}</section>"
+    )
+
+
+def _benchmark_win_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One bar per (Arena-Hard or AlpacaEval, model) that has a win rate."""
+    rows = []
+    for key in ("arena_hard", "alpaca_eval"):
+        section = _section(metrics, key)
+        if section is None:
+            continue
+        for model, color in (("policy", _POLICY_COLOR), ("reference", _REFERENCE_COLOR)):
+            result = section.get(model)
+            if isinstance(result, Mapping) and _number(result.get("win_rate")) is not None:
+                rows.append({**result, "name": f"{_BENCHMARKS[key]}: {model}", "color": color})
+    return rows
+
+
+def _p_value(value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "—"
+    return "&lt; 0.001" if number < 0.001 else f"{number:.3f}"
+
+
+def _controllability_extra(summary: Mapping[str, Any]) -> str:
+    """The table under the controllability figure: Spearman's ρ per dimension (or why it is
+    undefined), its p-value, the number of scored responses and the judge failures."""
+    dimensions = summary.get("dimensions")
+    dimensions = dimensions if isinstance(dimensions, Mapping) else {}
+    rows = []
+    for dimension, result in dimensions.items():
+        result = result if isinstance(result, Mapping) else {}
+        rho = _number(result.get("spearman"))
+        if rho is None:
+            reason = result.get("undefined_reason") or "not defined"
+            cells = f'<td colspan="2" class="reason">undefined: {html.escape(str(reason))}</td>'
+        else:
+            cells = f"<td><b>{rho:+.3f}</b></td><td>{_p_value(result.get('p_value'))}</td>"
+        rows.append(
+            f"<tr><td>{html.escape(_label(str(dimension)))}</td>{cells}"
+            f"<td>{_fmt(result.get('n'), 0)}</td><td>{_fmt(result.get('failures'), 0)}</td></tr>"
+        )
+    levels = summary.get("levels")
+    levels = levels if isinstance(levels, Sequence) and not isinstance(levels, str) else []
+    facts = []
+    if summary.get("style"):
+        facts.append(f"conditioning: {summary['style']}")
+    if levels:
+        facts.append(f"levels {', '.join(str(level) for level in levels)}")
+    if _number(summary.get("n_prompts")) is not None:
+        facts.append(f"{_fmt(summary.get('n_prompts'), 0)} prompts")
+    table = (
+        '<table class="controllability"><thead><tr><th>dimension</th><th>Spearman ρ</th>'
+        f"<th>p</th><th>n</th><th>failures</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else ""
+    )
+    note = f'<p class="note">{html.escape("; ".join(facts))}</p>' if facts else ""
+    return table + note
+
+
+def _judge_note(win_rate: Mapping[str, Any]) -> str:
+    """Under the win-rate figure: who judged the pairs, and how many judgements failed."""
+    parts = []
+    if win_rate.get("judge"):
+        parts.append(f"judge: {win_rate['judge']}")
+    if _number(win_rate.get("failures")) is not None:
+        parts.append(f"{_fmt(win_rate.get('failures'), 0)} judge failures")
+    return f'<p class="note">{html.escape("; ".join(parts))}</p>' if parts else ""
+
+
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;
   background:#f6f7f9;color:#222}
@@ -714,6 +1078,15 @@ th:first-child,td:first-child{text-align:left}
 th{background:#f0f2f5;font-weight:600}
 table.win td:last-child{text-align:left}
 .up{color:#1a7f37;font-weight:600}.down{color:#cf222e;font-weight:600}.flat{color:#777}
+.muted,.ci{color:#777}.muted{font-size:12px;font-weight:400}
+table.benchmarks td.bench{text-align:left;vertical-align:top;white-space:nowrap}
+table.benchmarks td.metric{text-align:left}
+table.benchmarks th:nth-child(1){width:16%}
+table.benchmarks th:nth-child(2){text-align:left;width:34%}
+table.benchmarks tr.first td{border-top:2px solid #d5d9de}
+table.benchmarks tr.sub td{font-size:12px;color:#555;padding-top:1px;padding-bottom:1px}
+table.benchmarks tr.sub td.metric{padding-left:22px}
+td.reason{text-align:left;color:#777;font-size:12px}
 """
 
 _NOTES = {
@@ -739,6 +1112,23 @@ _NOTES = {
         "Loss and reward margin (chosen minus rejected implicit reward, averaged over the batch) "
         "at each logging step; one line per training phase. A growing margin means the policy "
         "separates the preferred answers from the rejected ones."
+    ),
+    "benchmarks": (
+        "The policy and the reference on the public benchmarks the evaluate stage ran. Δ is "
+        "policy minus reference (pp: percentage points); — means no value."
+    ),
+    "benchmark_win_rates": (
+        "Win rate of the policy and of the reference against each benchmark's baseline answers "
+        "(ties count half). Error bars: 95% interval. Red diamond: the length-controlled win "
+        "rate, which removes the judge's preference for longer answers. Right of the dotted 0.5 "
+        "line is better than the baseline."
+    ),
+    "controllability": (
+        "Does the policy follow the preference level asked for in the prompt? Each prompt is "
+        "asked at every level of one dimension, the judge scores the answers, and Spearman's ρ "
+        "correlates the level asked with the score (1: the score rises with the level, 0: the "
+        "level is ignored). Where ρ cannot be computed (e.g. the scores do not vary) the table "
+        "says why."
     ),
     "weights": (
         "AMoPO's adaptive weights: per step, a softmax over the dimensions of a Gaussian draw "
@@ -777,12 +1167,14 @@ def build_report(
       win-rate bars, beside this run's policy and the reference (None or empty: those two only);
     - ``pareto``: the two dimensions of the Pareto front (default: the first two of ``dimensions``).
 
-    Every file is written through a temporary file and a rename.
+    The optional sections of ``metrics`` (benchmarks, controllability) get their cards and PNGs
+    only when present; an optional PNG left in ``out_dir`` by an earlier report is removed when
+    its section is absent. Every file is written through a temporary file and a rename.
     """
     out = Path(out_dir)
     dimensions = list(dimensions)
     experiments = list(experiments or [])
-    generated_at = generated_at or datetime.now(timezone.utc)
+    generated_at = generated_at or datetime.now(UTC)
     policy, reference = metrics.get("policy") or {}, metrics.get("reference") or {}
     if pareto is None:
         pareto = (
@@ -814,13 +1206,53 @@ def build_report(
         "training": training_curves(history),
         "weights": weight_trajectories(history, dimensions),
     }
+    benchmark_win_rows = _benchmark_win_rows(metrics)
+    if benchmark_win_rows:
+        figures["benchmark_win_rates"] = win_rate_bars(
+            benchmark_win_rows,
+            title="Win rate against each benchmark's baseline",
+            xlabel="win rate vs the benchmark's baseline (ties count half)",
+        )
+    controllability = _section(metrics, "controllability")
+    if controllability is not None:
+        from moalign.evaluation.controllability import controllability_figure
+
+        figures["controllability"] = controllability_figure(controllability)
     pngs = {key: _png(fig) for key, fig in figures.items()}
     flags = pareto_optimal(points, x, y)
+
+    # the Benchmarks table across the page; below it, side by side, the benchmark win rates and
+    # the controllability check (either across the page when it is alone)
+    benchmarks = _benchmarks_card(metrics)
+    if benchmarks:
+        benchmarks = f'<div class="wide">{benchmarks}</div>'
+    optional_cards = []
+    if "benchmark_win_rates" in pngs:
+        optional_cards.append(
+            _figure_card(
+                "benchmark_win_rates",
+                "Win rates against the benchmarks' baselines",
+                pngs["benchmark_win_rates"],
+            )
+        )
+    if "controllability" in pngs:
+        optional_cards.append(
+            _figure_card(
+                "controllability",
+                "Controllability: score by requested preference level",
+                pngs["controllability"],
+                _controllability_extra(controllability or {}),
+            )
+        )
+    if len(optional_cards) == 2:
+        optional_html = f'<div class="grid">{"".join(optional_cards)}</div>'
+    else:
+        optional_html = "".join(f'<div class="wide">{card}</div>' for card in optional_cards)
 
     methods = sorted({str(e["phase"]) for e in history if e.get("phase")})
     steps = [_number(e.get("step")) for e in history]
     last_step = max((s for s in steps if s is not None), default=None)
-    meta = [f"generated {generated_at.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"]
+    meta = [f"generated {generated_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M UTC')}"]
     if methods:
         meta.append(f"training phases: {', '.join(methods)}")
     if last_step is not None:
@@ -829,6 +1261,7 @@ def build_report(
     plural = "s" if len(experiments) != 1 else ""
     meta.append(f"{len(experiments)} earlier evaluated run{plural} from MLflow")
 
+    win_note = _judge_note(metrics.get("win_rate_vs_reference") or {})
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -844,16 +1277,22 @@ dimension); Δ is policy minus reference.</p></section>
 </div>
 <div class="grid">
 {_figure_card("pareto", "Pareto front across experiments", pngs["pareto"])}
-{_figure_card("win_rate", "Win rate against the reference", pngs["win_rate"])}
+{_figure_card("win_rate", "Win rate against the reference", pngs["win_rate"], win_note)}
 </div>
+{benchmarks}
+{optional_html}
 <div class="wide">{_figure_card("training", "Training curves", pngs["training"])}</div>
 <div class="wide">{_figure_card("weights", "AMoPO weight trajectories", pngs["weights"])}</div>
 <section class="card wide" id="experiments"><h2>Experiments in the Pareto chart</h2>
 {_experiments_table(points, flags, dimensions)}</section>
 </main></body></html>
 """
+    files = {**FIGURE_FILES, **OPTIONAL_FIGURE_FILES}
     for key, png in pngs.items():
-        _atomic_write(out / FIGURE_FILES[key], png)
+        _atomic_write(out / files[key], png)
+    for key, name in OPTIONAL_FIGURE_FILES.items():
+        if key not in pngs:  # an earlier report's figure of a section this run has not
+            (out / name).unlink(missing_ok=True)
     index = out / "index.html"
     _atomic_write(index, page.encode("utf-8"))
     return index

@@ -66,15 +66,8 @@ def open_endpoint(params) -> Iterator[EndpointConfig]:
 def open_judge(params, dimensions: Sequence[str]) -> Iterator[Judge]:
     """The judge of ``params`` (moalign.config.JudgeParams), with whatever it runs on (the local
     server, the call cache) started before and stopped after."""
-    if params.backend == "programmatic":
-        yield make_judge("programmatic", dimensions)
-        return
-    from moalign.judges.llm import LLMJudge
-
-    with open_endpoint(params) as endpoint, LLMJudge(
-        dimensions, endpoint, params.cache_path, params.templates_dir
-    ) as judge:
-        yield judge
+    with open_judges(params, dimensions) as judges:
+        yield judges.scorer
 
 
 @contextlib.contextmanager
@@ -106,7 +99,60 @@ def open_rater(params, **options) -> Iterator[LLMRater]:
         yield rater
 
 
+class JudgeSet:
+    """Every judge one evaluation needs, on one endpoint (one local server start, one cache file):
+    ``scorer`` scores per dimension; :meth:`pairwise` and :meth:`rater` open the pairwise judge and
+    the MT-bench rater on first use, and the set closes them all. Built by :func:`open_judges`."""
+
+    def __init__(self, params, scorer: Judge, endpoint: EndpointConfig | None, stack: contextlib.ExitStack):
+        self.params, self.scorer, self.endpoint, self._stack = params, scorer, endpoint, stack
+        self._opened: dict[str, object] = {}
+
+    @property
+    def model(self) -> str:
+        """The judge's name in reports: the endpoint's model, or ``programmatic``."""
+        return self.endpoint.model if self.endpoint is not None else "programmatic"
+
+    def _need_endpoint(self, what: str) -> EndpointConfig:
+        if self.endpoint is None:
+            raise ValueError(f"{what} needs an LLM judge: set judge.backend to openai_compatible or local_server")
+        return self.endpoint
+
+    def pairwise(self, template: str = "amopo_winrate") -> LLMPairwiseJudge:
+        if f"pairwise:{template}" not in self._opened:
+            from moalign.judges.pairwise import LLMPairwiseJudge
+
+            endpoint = self._need_endpoint(f"the {template} pairwise judge")
+            self._opened[f"pairwise:{template}"] = self._stack.enter_context(
+                LLMPairwiseJudge(endpoint, self.params.cache_path, template)
+            )
+        return self._opened[f"pairwise:{template}"]
+
+    def rater(self) -> LLMRater:
+        if "rater" not in self._opened:
+            from moalign.judges.pairwise import LLMRater
+
+            endpoint = self._need_endpoint("MT-bench rating")
+            self._opened["rater"] = self._stack.enter_context(LLMRater(endpoint, self.params.cache_path))
+        return self._opened["rater"]
+
+
+@contextlib.contextmanager
+def open_judges(params, dimensions: Sequence[str]) -> Iterator[JudgeSet]:
+    """The :class:`JudgeSet` of ``params`` (moalign.config.JudgeParams); with an LLM backend the
+    endpoint (the local server) is started once for all of them."""
+    with contextlib.ExitStack() as stack:
+        if params.backend == "programmatic":
+            yield JudgeSet(params, make_judge("programmatic", dimensions), None, stack)
+            return
+        from moalign.judges.llm import LLMJudge
+
+        endpoint = stack.enter_context(open_endpoint(params))
+        scorer = stack.enter_context(LLMJudge(dimensions, endpoint, params.cache_path, params.templates_dir))
+        yield JudgeSet(params, scorer, endpoint, stack)
+
+
 __all__ = [
-    "Judge", "Scores", "make_judge", "open_endpoint", "open_judge", "open_pairwise_judge",
-    "open_rater", "score_many",
+    "Judge", "JudgeSet", "Scores", "make_judge", "open_endpoint", "open_judge", "open_judges",
+    "open_pairwise_judge", "open_rater", "score_many",
 ]

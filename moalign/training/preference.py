@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer, TrainerCallback
 
+from moalign.control_tags import tag_prompt
 from moalign.data.schema import PreferenceRow
 from moalign.dimensions import dimension_prompts
 from moalign.generation import chat_prompt
@@ -334,8 +335,8 @@ def condition_prompt(row: PreferenceRow, dimensions: Sequence[str]) -> str:
     The targets are the chosen response's scores, so under the released ranking
     R(y) = -sum_i |score_i(y) - target_i| the chosen response ranks first and the pair keeps its order.
     """
-    tags = " ".join(f"<{d.replace('_', ' ')}: {row.chosen.scores[d]}>" for d in dimensions)
-    return f"{tags}\n{row.prompt}"
+    targets = {d: row.chosen.scores[d] for d in dimensions}
+    return tag_prompt(row.prompt, targets, dimensions, style="cpo")
 
 
 def plan_phases(rows: Sequence[PreferenceRow], train, dimensions) -> list[Phase]:
