@@ -185,7 +185,11 @@ def judged_run(tmp_path: Path, tiny_model_dir: Path, serve, monkeypatch):
                 for i in range(3)]
 
     def run():
-        from moalign.evaluation.run import generate_answers, judge_answers, plan_evaluation
+        from moalign.evaluation.run import (
+            generate_answers,
+            judge_answers,
+            plan_evaluation,
+        )
         from moalign.judges import open_judges
 
         plan = plan_evaluation(config, held_out, BENCHMARKS)
