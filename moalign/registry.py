@@ -70,7 +70,8 @@ _SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential")
 # ``max_new_tokens`` / ``max_tokens`` and the tokenizer's name or path. Without this exception every
 # generation-length setting in params.yaml would be dropped as a "token".
 _HARMLESS_COMPONENT = re.compile(
-    r"(?:(?:max|min|num|n|total|new|prompt|response|completion|context|reply|input|output)_)+tokens?"
+    # any leading words (``benchmark_max_new_tokens``), but a count word right before "tokens"
+    r"(?:[a-z0-9]+_)*(?:max|min|num|n|total|new|prompt|response|completion|context|reply|input|output)_tokens?"
     r"|tokeni[sz]er(?:_(?:name|path|dir|id|type|class))?",
     re.IGNORECASE,
 )

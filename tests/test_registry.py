@@ -136,6 +136,8 @@ def test_flatten_params_dotted_keys_and_strings() -> None:
         "auth.tokens.hub",
         "credentials.path",
         "tokenizer_secret",
+        "hub.read_token",
+        "judge.service_tokens",
     ],
 )
 def test_secret_keys_detected(key: str) -> None:
@@ -152,6 +154,7 @@ def test_secret_keys_detected(key: str) -> None:
         "judge.max_reply_tokens",
         "judge.max_total_tokens",
         "model.tokenizer_path",
+        "evaluate.benchmark_max_new_tokens",
     ],
 )
 def test_token_counts_are_not_secrets(key: str) -> None:
