@@ -183,6 +183,30 @@ class LoraParams(_Section):
     )
 
 
+class RewardParams(_Section):
+    """MOSLIM's multi-head classification reward model (the train_reward stage)."""
+
+    classes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Intensity classes per dimension, 2-5 (MOSLIM's data types: 2 = binary ... 5 = every "
+        "score); a dimension not named gets 5. Control tags then ask for intensities 1..classes.",
+    )
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(384, ge=8, description="Prompt + response tokens; the start is cut, the end kept.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last.")
+    model_name: str = Field("moalign-reward", min_length=1, description="MLflow registered model name.")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_in_range(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {d: n for d, n in value.items() if not 2 <= n <= 5}
+        if bad:
+            raise ValueError(f"reward.classes must be 2-5 per dimension, got {bad}")
+        return value
+
+
 class TrainParams(_Section):
     method: Literal[
         "amopo", "simpo", "dpo", "cal_dpo", "orpo", "contrastive_cpo", "modpo", "spo", "controllable_cpo", "sft"
@@ -299,6 +323,7 @@ class Params(_Section):
     judge: JudgeParams = Field(default_factory=JudgeParams)
     annotate: AnnotateParams = Field(default_factory=AnnotateParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    reward: RewardParams = Field(default_factory=RewardParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
@@ -355,6 +380,19 @@ class Params(_Section):
                 f"tags (those that do: {', '.join(CONTROL_TAG_METHODS)}); use auto or false"
             )
         return self
+
+    @model_validator(mode="after")
+    def _reward_classes_name_dimensions(self) -> Params:
+        unknown = [d for d in self.reward.classes if d not in self.dimensions.names]
+        if unknown:
+            raise ValueError(f"reward.classes names {unknown}, which are not in dimensions.names "
+                             f"{self.dimensions.names}")
+        return self
+
+    @property
+    def reward_classes(self) -> list[int]:
+        """Intensity classes of each reward head, in dimensions.names order."""
+        return [self.reward.classes.get(d, 5) for d in self.dimensions.names]
 
     @property
     def control_tag_style(self) -> str | None:
