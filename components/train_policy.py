@@ -28,6 +28,10 @@ def main(
     reference: Path = typer.Option(
         None, help="Cached reference scores (data/reference, the reference_logps stage); computed here when omitted."
     ),
+    reward_model: Path = typer.Option(
+        None, help="Reward model (models/reward, the train_reward stage): used by the online methods "
+        "(moslim_*, morlhf, rewarded_soups)."
+    ),
     checkpoints: Path = typer.Option(Path("checkpoints/train_policy"), help="Resumable checkpoints."),
     params: Path = PARAMS_OPTION,
 ) -> None:
@@ -35,6 +39,7 @@ def main(
     log = setup_logging("train_policy")
     from moalign import registry
     from moalign.data.schema import PreferenceRow, read_jsonl, write_json
+    from moalign.config import ONLINE_METHODS
     from moalign.models import require_model_dir
     from moalign.training.preference import run_fingerprint, train_policy
     from moalign.training.reference import load_reference
@@ -49,6 +54,13 @@ def main(
     fingerprint = run_fingerprint(
         rows, model, train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=config.seed
     )
+    if config.train.method in ONLINE_METHODS and reward_model is not None:
+        import hashlib
+
+        # a retrained reward model is another run: never resume checkpoints made against the old one
+        stats = reward_model / "reward_stats.json"
+        content = stats.read_bytes() if stats.is_file() else b""
+        fingerprint = hashlib.sha256(fingerprint.encode() + content).hexdigest()[:16]
     # the per-step diagnostics (loss, K weights and margins, accuracies) go to MLflow live; the
     # register stage later adds the evaluation and the model to this same run
     run_id = registry.start_training_run(
@@ -56,12 +68,23 @@ def main(
         fingerprint=fingerprint, tags={"method": config.train.method, "base_model": config.model.source},
     )
     try:
-        history = train_policy(
-            rows, model, out, checkpoints,
-            train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=config.seed,
-            reference_cache=load_reference(reference, max_length=config.train.max_length) if reference else None,
-            on_log=registry.StepMetricLogger(run_id),
-        )
+        if config.train.method in ONLINE_METHODS:
+            from moalign.training.online import train_online
+
+            if reward_model is None:
+                raise typer.BadParameter(f"train.method {config.train.method} needs --reward-model models/reward")
+            history = train_online(
+                rows, model, reward_model, out, checkpoints, train=config.train,
+                dimensions=config.dimensions.names, n_classes=config.reward_classes, dtype=config.model.dtype,
+                seed=config.seed, fingerprint=fingerprint, on_log=registry.StepMetricLogger(run_id),
+            )
+        else:
+            history = train_policy(
+                rows, model, out, checkpoints,
+                train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=config.seed,
+                reference_cache=load_reference(reference, max_length=config.train.max_length) if reference else None,
+                on_log=registry.StepMetricLogger(run_id),
+            )
     except BaseException:
         # not FINISHED: a rerun resumes the checkpoint and continues this run
         registry.finish_training_run(run_id, [], status="FAILED")

@@ -207,11 +207,43 @@ class RewardParams(_Section):
         return value
 
 
+#: train.method values trained online against the reward model (moalign/training/online.py)
+ONLINE_METHODS = ("moslim_rloo", "moslim_online_dpo", "moslim_ppo", "morlhf", "rewarded_soups")
+
+
+class OnlineParams(_Section):
+    """Policy optimisation against the train_reward stage's reward model (train.method in ONLINE_METHODS)."""
+
+    max_prompts: int | None = Field(
+        64, ge=1, description="Distinct training prompts to optimise on (a CPU-sized run); null = all."
+    )
+    num_generations: int = Field(4, ge=2, description="RLOO: completions per prompt (its leave-one-out group).")
+    max_completion_length: int = Field(48, ge=1, description="New tokens per sampled completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    kl_beta: float = Field(0.05, ge=0, description="KL coefficient against the starting policy (Eq. 12's beta).")
+    baseline_algorithm: Literal["rloo", "ppo", "online_dpo"] = Field(
+        "rloo", description="The RL algorithm of morlhf and rewarded_soups (MOSLIM's baselines used PPO)."
+    )
+    morlhf_weights: list[float] | None = Field(
+        None, description="MORLHF's fixed weights over dimensions.names (normalised); default uniform."
+    )
+    soup_weights: list[float] | None = Field(
+        None, description="Rewarded Soups' mixture over the per-dimension policies (on the simplex); default "
+        "uniform."
+    )
+    ppo_epochs: int = Field(2, ge=1, description="PPO: optimisation passes over each rollout batch.")
+    clip_range: float = Field(0.2, gt=0, description="PPO: clipping of the probability ratio and the value.")
+    vf_coef: float = Field(0.1, ge=0, description="PPO: weight of the value loss.")
+
+
 class TrainParams(_Section):
     method: Literal[
-        "amopo", "simpo", "dpo", "cal_dpo", "orpo", "contrastive_cpo", "modpo", "spo", "controllable_cpo", "sft"
+        "amopo", "simpo", "dpo", "cal_dpo", "orpo", "contrastive_cpo", "modpo", "spo", "controllable_cpo", "sft",
+        "moslim_rloo", "moslim_online_dpo", "moslim_ppo", "morlhf", "rewarded_soups",
     ] = Field(
-        "amopo", description="Preference-optimisation objective (moalign/training/methods.py, docs/losses.md)."
+        "amopo",
+        description="Preference-optimisation objective (moalign/training/methods.py, docs/losses.md); the "
+        "moslim_*, morlhf and rewarded_soups methods optimise online against the reward model (train.online).",
     )
     beta: float = Field(0.8, gt=0, description="AMoPO/SimPO reward scale (AMoPO paper: 0.8).")
     gamma: float = Field(2.0, ge=0, description="Target reward margin (AMoPO paper: 2.0).")
@@ -245,6 +277,7 @@ class TrainParams(_Section):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last.")
     lora: LoraParams = Field(default_factory=LoraParams)
+    online: OnlineParams = Field(default_factory=OnlineParams)
     _modpo_primary_index: int = PrivateAttr(0)
 
     @property
@@ -257,7 +290,9 @@ class TrainParams(_Section):
 JUDGED_BENCHMARKS = ("mt_bench", "arena_hard", "alpaca_eval")
 #: train.method values whose policy reads control tags before the prompt, and the tags' style
 #: (moalign.control_tags)
-CONTROL_TAG_METHODS = {"controllable_cpo": "cpo"}
+CONTROL_TAG_METHODS = {
+    "controllable_cpo": "cpo", "moslim_rloo": "moslim", "moslim_online_dpo": "moslim", "moslim_ppo": "moslim",
+}
 
 
 class EvaluateParams(_Section):
@@ -379,6 +414,19 @@ class Params(_Section):
                 f"evaluate.controllability is true but train.method {self.train.method!r} reads no control "
                 f"tags (those that do: {', '.join(CONTROL_TAG_METHODS)}); use auto or false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _online_weights_match_dimensions(self) -> Params:
+        k = len(self.dimensions.names)
+        for key in ("morlhf_weights", "soup_weights"):
+            weights = getattr(self.train.online, key)
+            if weights is None:
+                continue
+            if len(weights) != k:
+                raise ValueError(f"train.online.{key} has {len(weights)} values but dimensions.names has {k}")
+            if any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"train.online.{key} must be non-negative with a positive sum")
         return self
 
     @model_validator(mode="after")

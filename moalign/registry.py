@@ -386,6 +386,22 @@ def _log_transformers_model(model_dir: Path, task: str) -> Any:
     )
 
 
+#: ``log_and_register(task=...)`` for MOSLIM's multi-head reward model, logged as a pyfunc
+REWARD_MODEL_TASK = "moslim-reward-model"
+
+
+def _log_reward_model(model_dir: Path) -> Any:
+    # a pyfunc around the saved folder: the transformers flavor holds pipelines only (see
+    # moalign.rewards.serving); moalign's own code travels with it so a loader needs no install
+    from moalign.rewards.serving import ARTIFACT, RewardModelPyfunc
+
+    package = Path(__file__).resolve().parent
+    return mlflow.pyfunc.log_model(
+        name="reward_model", python_model=RewardModelPyfunc(), artifacts={ARTIFACT: str(model_dir)},
+        code_paths=[str(package)], pip_requirements=_pip_requirements(),
+    )
+
+
 def _step_metric_entities(step_metrics: list[dict[str, Any]], timestamp: int) -> tuple[list[Metric], int]:
     metrics: list[Metric] = []
     skipped = 0
@@ -602,8 +618,11 @@ def log_and_register(
             else:
                 mlflow.log_artifact(str(artifact))
 
-        with _quiet_transformers_flavor():
-            model_info = _log_transformers_model(model_dir, task)
+        if task == REWARD_MODEL_TASK:
+            model_info = _log_reward_model(model_dir)
+        else:
+            with _quiet_transformers_flavor():
+                model_info = _log_transformers_model(model_dir, task)
 
         # The client API instead of mlflow.register_model: same result, without its stderr prints.
         try:

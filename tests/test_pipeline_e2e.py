@@ -63,6 +63,7 @@ def project(tmp_path_factory) -> Path:
     params["annotate"].update(n_train_prompts=40, n_eval_prompts=8, max_new_tokens=12, candidates_per_prompt=4)
     params["evaluate"].update(n_prompts=6, max_new_tokens=12)
     params["train"].update(batch_size=2, save_steps=2)
+    params["reward"].update(epochs=1, batch_size=4, max_length=64)
     # random-token answers are mostly tied, so few pairs survive; the gate must not trip on a tiny set
     params["validate"]["max_quarantine_fraction"] = 1.0
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -83,9 +84,11 @@ def test_fresh_clone_reproduces_the_recorded_data_hash(project):
 def test_every_stage_ran_and_wrote_its_outputs(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {
-        "prepare_model", "annotate", "validate", "reference_logps", "train_policy", "evaluate", "report", "register"
+        "prepare_model", "annotate", "validate", "train_reward", "reference_logps", "train_policy", "evaluate",
+        "report", "register",
     }
-    for path in ("models/base/config.json", "models/policy/model.safetensors", "data/validated/quarantine.jsonl",
+    for path in ("models/base/config.json", "models/reward/reward_heads.json", "models/reward/reward_stats.json",
+                 "metrics/reward.json", "models/policy/model.safetensors", "data/validated/quarantine.jsonl",
                  "data/validated/train.jsonl", "eval/responses.jsonl", "plots/train_curves.json"):
         assert (project / path).exists(), path
     pairs = (project / "data/annotated/pairs.jsonl").read_text().splitlines()

@@ -98,18 +98,19 @@ def test_a_constant_probability_gets_the_floor_not_zero() -> None:
 
 
 def test_statistics_round_trip_and_bad_files(tmp_path) -> None:
-    stats = RewardStats(["a", "b"], [2, 3])
+    # "b" before "a": the file's sorted keys must not reorder the heads
+    stats = RewardStats(["b", "a"], [2, 3])
     stats.update([_probs([[0.3, 0.7], [0.6, 0.4]]), _probs([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]])])
     stats.save(tmp_path)
     loaded = RewardStats.load(tmp_path)
-    assert loaded.dimensions == ["a", "b"] and loaded.n_classes == [2, 3] and loaded.count == 2
+    assert loaded.dimensions == ["b", "a"] and loaded.n_classes == [2, 3] and loaded.count == 2
     for head in range(2):
         assert torch.equal(loaded.mean[head], stats.mean[head])
         assert torch.allclose(loaded.std(head), stats.std(head))
     payload = json.loads((tmp_path / "reward_stats.json").read_text())
-    payload["heads"]["b"]["mean"] = [0.1]
+    payload["heads"]["a"]["mean"] = [0.1]
     (tmp_path / "reward_stats.json").write_text(json.dumps(payload))
-    with pytest.raises(ValueError, match="head b: 1 means for 3 classes"):
+    with pytest.raises(ValueError, match="head a: 1 means for 3 classes"):
         RewardStats.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="train_reward stage"):
         RewardStats.load(tmp_path / "missing")

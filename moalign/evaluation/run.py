@@ -101,6 +101,10 @@ def plan_evaluation(config, held_out: Sequence[TaskPrompt], benchmarks_dir: Path
         plan.control = control_requests(
             chosen, config.dimensions.names, section.controllability_levels, style=style
         )
+        if style == "moslim":
+            # a MOSLIM policy was trained on intensities 1..classes of each reward head
+            classes = dict(zip(config.dimensions.names, config.reward_classes))
+            plan.control = [r for r in plan.control if r.level <= classes[r.dimension]]
         plan.suites["controllability"] = Suite(
             {r.key: r.prompt for r in plan.control}, section.max_new_tokens, models=("policy",)
         )

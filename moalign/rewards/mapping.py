@@ -167,13 +167,17 @@ class RewardStats:
                 "m2": [float(v) for v in self.m2[head]],
                 "std": [float(v) for v in self.std(head)] if self.count else None,
             }
-        return {"format_version": 1, "count": self.count, "min_std": MIN_STD, "heads": heads}
+        # the head order is a list of its own: JSON objects are written with sorted keys
+        return {"format_version": 1, "count": self.count, "min_std": MIN_STD, "dimensions": self.dimensions,
+                "heads": heads}
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any], source: str = "reward statistics") -> RewardStats:
         try:
-            heads = payload["heads"]
-            stats = cls(list(heads), [heads[d]["n_classes"] for d in heads])
+            heads, order = payload["heads"], payload["dimensions"]
+            if sorted(order) != sorted(heads):
+                raise ValueError(f"dimensions {order} do not match the heads {sorted(heads)}")
+            stats = cls(order, [heads[d]["n_classes"] for d in order])
             stats.count = int(payload["count"])
             for head, d in enumerate(stats.dimensions):
                 mean, m2 = heads[d]["mean"], heads[d]["m2"]

@@ -51,8 +51,13 @@ def score_reference(
     from moalign.models import load_model_and_tokenizer
     from moalign.training.preference import PairCollator, features_for, plan_phases, reference_logps
 
-    phase = plan_phases(rows, train, dimensions)[0]
+    from moalign.config import ONLINE_METHODS
+
     meta = {"method": train.method, "max_length": train.max_length, "model": str(model_dir), "dtype": dtype}
+    if train.method in ONLINE_METHODS:
+        return {}, {**meta, "needed": False, "sequences": 0,
+                    "reason": f"{train.method} is trained online against the reward model"}
+    phase = plan_phases(rows, train, dimensions)[0]
     if not phase.method.needs_reference:
         return {}, {**meta, "needed": False, "sequences": 0,
                     "reason": f"{phase.method.name} does not compare with a reference model"}

@@ -1,0 +1,307 @@
+"""Training the multi-head reward model on judged preference pairs, and measuring its heads.
+
+Every response of a preference pair (chosen and rejected alike) carries judge scores for each
+dimension; the reward model learns to classify them, one head per dimension. So the unit of
+training is a (prompt, response) with K labels, not a pair: :func:`reward_examples` flattens the
+pairs. The training loop is ``transformers.Trainer`` (checkpoints, resume, accelerate) with
+:class:`RewardTrainer` adding the summed per-head cross-entropy and per-head loss logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from moalign.data.schema import SCORE_MAX, SCORE_MIN, PreferenceRow
+from moalign.rewards.model import (
+    IGNORE_INDEX,
+    MultiHeadRewardModel,
+    RewardModelError,
+    encode_pairs,
+    intensity_class,
+    pad_left,
+    pad_token_id,
+    score_texts,
+)
+
+logger = logging.getLogger(__name__)
+
+ECE_BINS = 10
+
+
+# ------------------------------------------------------------------------------------------------
+# examples
+
+
+def reward_examples(
+    rows: Sequence[PreferenceRow], dimensions: Sequence[str], n_classes: Sequence[int]
+) -> list[dict]:
+    """One example per distinct (prompt, response) among the chosen and rejected sides of ``rows``.
+
+    ``{"id": "<row id>:chosen", "prompt", "response", "labels": [class per head]}``; a dimension the
+    judge left unscored gets :data:`IGNORE_INDEX` (-100), so it trains the other heads only. A
+    response repeated with the same prompt (in another pair) is kept once, with its first labels:
+    twice the examples would weigh it twice.
+    """
+    if len(dimensions) != len(n_classes):
+        raise RewardModelError(
+            f"dimensions {list(dimensions)} and classes {list(n_classes)} differ in length"
+        )
+    examples, seen = [], set()
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            response = getattr(row, side)
+            key = (row.prompt, response.text)
+            if key in seen:
+                continue
+            seen.add(key)
+            labels = []
+            for dimension, n in zip(dimensions, n_classes):
+                score = response.scores.get(dimension)
+                if score is None:
+                    labels.append(IGNORE_INDEX)
+                    continue
+                if not SCORE_MIN <= score <= SCORE_MAX:
+                    raise RewardModelError(
+                        f"pair {row.id} ({side}): {dimension} score {score} "
+                        f"is outside {SCORE_MIN}-{SCORE_MAX}"
+                    )
+                labels.append(intensity_class(score, n, (SCORE_MIN, SCORE_MAX)))
+            examples.append(
+                {"id": f"{row.id}:{side}", "prompt": row.prompt, "response": response.text, "labels": labels}
+            )
+    return examples
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+
+def expected_calibration_error(
+    confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS
+) -> float:
+    """ECE of top-class confidences: sum over equal-width bins of (share of rows) x |accuracy - confidence|.
+
+    Bins are (i/bins, (i+1)/bins], the first one closed at 0 (Guo et al. 2017, Naeini et al. 2015).
+    """
+    index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    total, ece = len(confidence), 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        if count:
+            gap = correct[members].float().mean() - confidence[members].float().mean()
+            ece += count / total * abs(float(gap))
+    return ece
+
+
+def head_metrics(
+    probs: Sequence[torch.Tensor], labels: torch.Tensor, dimensions: Sequence[str]
+) -> dict[str, dict[str, float | int | None]]:
+    """Per dimension: argmax ``accuracy``, ``ece`` (10 confidence bins) and ``n`` labelled rows.
+
+    Rows labelled :data:`IGNORE_INDEX` on a head do not count for it; a head with no labelled row
+    gets ``None`` (JSON null, not NaN, which metrics files and DVC cannot compare).
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    metrics: dict[str, dict[str, float | int | None]] = {}
+    for k, dimension in enumerate(dimensions):
+        keep = labels[:, k] != IGNORE_INDEX
+        n = int(keep.sum())
+        if n == 0:
+            metrics[dimension] = {"accuracy": None, "ece": None, "n": 0}
+            continue
+        confidence, predicted = probs[k][keep].float().max(-1)
+        correct = predicted == labels[keep, k]
+        metrics[dimension] = {
+            "accuracy": float(correct.float().mean()),
+            "ece": expected_calibration_error(confidence, correct),
+            "n": n,
+        }
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# trainer
+
+
+class RewardCollator:
+    """Pads a batch of encoded examples on the left and stacks their (B, K) labels."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad_left([f["input_ids"] for f in features], self.pad_token_id)
+        labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class RewardTrainer(Trainer):
+    """``transformers.Trainer`` whose loss is the reward model's summed per-head cross-entropy.
+
+    Logs ``loss/<dimension>`` beside ``loss``: each head's mean cross-entropy since the last log,
+    over the batches where that head had a label.
+    """
+
+    def __init__(self, *args, dimensions: Sequence[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dimensions = tuple(dimensions)
+        # the loss is a mean over rows, not a token count: the Trainer scales it for accumulation
+        self.model_accepts_loss_kwargs = False
+        self._stored: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        output = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels)
+        if not torch.isfinite(output.loss):
+            raise FloatingPointError(
+                f"reward loss is {output.loss.item()} at step {self.state.global_step + 1}; "
+                "lower the learning rate"
+            )
+        labelled = (labels != IGNORE_INDEX).sum(0).tolist()
+        for dimension, loss, count in zip(self.dimensions, output.head_losses.detach().tolist(), labelled):
+            if count:
+                self._stored[f"loss/{dimension}"].append(loss)
+        return (output.loss, output) if return_outputs else output.loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:
+            for key, values in self._stored.items():
+                logs[key] = sum(values) / len(values)
+            self._stored.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def _fingerprint(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _reset_if_foreign(output_dir: Path, fingerprint: str) -> None:
+    """Checkpoints of another run (other data, settings or heads) are deleted: never resume those."""
+    stamp = output_dir / "fingerprint.txt"
+    if output_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+
+
+def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batch_size, max_length) -> dict:
+    probs = score_texts(
+        model,
+        tokenizer,
+        [e["prompt"] for e in examples],
+        [e["response"] for e in examples],
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+    labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long).reshape(
+        len(examples), len(dimensions)
+    )
+    return head_metrics(probs, labels, dimensions)
+
+
+def train_reward_model(
+    model: MultiHeadRewardModel,
+    tokenizer,
+    train_examples: Sequence[dict],
+    eval_examples: Sequence[dict],
+    *,
+    output_dir,
+    learning_rate: float,
+    epochs: float,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    logging_steps: int = 1,
+    callbacks: Sequence | None = None,
+    save_steps: int = 50,
+    gradient_accumulation_steps: int = 1,
+    lr_scheduler_type: str = "cosine",
+) -> dict:
+    """Fine-tune ``model`` (backbone and heads) in place on ``train_examples`` (:func:`reward_examples`).
+
+    Checkpoints go to ``output_dir`` every ``save_steps``; a rerun with the same examples, settings
+    and heads resumes from the newest one (a fingerprint file guards against resuming another run).
+    Returns ``{"train": head_metrics, "eval": head_metrics}``, both scored after training with
+    :func:`score_texts`, the function that scores for the policy stage.
+    """
+    from datasets import Dataset
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not train_examples:
+        raise RewardModelError("no training examples: every pair was filtered out or the file is empty")
+    set_seed(seed)
+    output_dir = Path(output_dir)
+    run = {
+        "examples": [(e["id"], e["labels"]) for e in train_examples],
+        "heads": [list(model.dimensions), list(model.n_classes)],
+        "backbone": model.backbone.config.to_json_string(use_diff=False),
+        "settings": [
+            learning_rate,
+            epochs,
+            batch_size,
+            max_length,
+            seed,
+            gradient_accumulation_steps,
+            lr_scheduler_type,
+        ],
+    }
+    _reset_if_foreign(output_dir, _fingerprint(run))
+
+    encoded = encode_pairs(
+        tokenizer, [e["prompt"] for e in train_examples], [e["response"] for e in train_examples], max_length
+    )
+    features = [{"input_ids": ids, "labels": list(e["labels"])} for ids, e in zip(encoded, train_examples)]
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and next(model.parameters()).dtype == torch.bfloat16
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        lr_scheduler_type=lr_scheduler_type,
+        logging_steps=logging_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=seed,
+        use_cpu=not cuda,
+        # fp32 on the CPU: bf16 matmuls run ~20x slower there
+        bf16=bf16,
+        fp16=False,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(features),
+        data_collator=RewardCollator(pad_token_id(tokenizer)),
+        dimensions=model.dimensions,
+        callbacks=list(callbacks or []),
+    )
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output_dir)))
+    trained = trainer.model
+    dims = trained.dimensions
+    return {
+        "train": _scored_metrics(trained, tokenizer, train_examples, dims, batch_size, max_length),
+        "eval": _scored_metrics(trained, tokenizer, eval_examples, dims, batch_size, max_length),
+    }
+
+
+def mean_accuracy(metrics: dict[str, dict]) -> float | None:
+    """The heads' mean accuracy, over the heads that have one (for a single headline number)."""
+    values = [m["accuracy"] for m in metrics.values() if m.get("accuracy") is not None]
+    return sum(values) / len(values) if values else None

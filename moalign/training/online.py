@@ -1,0 +1,265 @@
+"""Online policy optimisation against the multi-head reward model: MOSLIM and its baselines.
+
+``train.method`` picks the recipe, ``train.online`` its settings:
+
+* ``moslim_rloo``, ``moslim_online_dpo``, ``moslim_ppo``: MOSLIM. Every training prompt gets control
+  tags for a random subset of the dimensions (:func:`moalign.rewards.control.control_prompts`,
+  seeded), and the reward is Eq. 11 on the reward model's heads
+  (:class:`~moalign.rewards.control.MappedReward`). RLOO is TRL's ``RLOOTrainer``, Online-DPO TRL's
+  experimental ``OnlineDPOTrainer`` (both take reward callables). PPO is moalign's own
+  (:mod:`moalign.training.ppo`): TRL 1.16 no longer has a PPO trainer.
+* ``morlhf``: MORLHF, one policy on the linear scalarisation of the heads' expected intensities with
+  fixed weights (``train.online.morlhf_weights``), prompts untagged.
+* ``rewarded_soups``: Rewarded Soups, one policy per dimension (weight 1 on that head), then the
+  policies' weights averaged with ``train.online.soup_weights``. With LoRA each policy's adapter is
+  merged into full weights before averaging: averaging the A and B matrices separately would not
+  average the updates B·A.
+
+Both baselines run ``train.online.baseline_algorithm`` (RLOO by default; the MOSLIM paper's
+baselines used PPO). Checkpoints resume like the offline methods; the final policy is a plain
+(merged) model directory, so evaluation and registration treat every method alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from moalign.data.schema import PreferenceRow
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = {"moslim_rloo": "rloo", "moslim_online_dpo": "online_dpo", "moslim_ppo": "ppo"}
+
+
+def training_prompts(rows: Sequence[PreferenceRow], max_prompts: int | None) -> list[tuple[str, str]]:
+    """The distinct (prompt id, prompt) of the train pairs, in first-seen order, at most ``max_prompts``."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        seen.setdefault(row.prompt_id, row.prompt)
+    return list(seen.items())[:max_prompts]
+
+
+def algorithm_of(method: str, online) -> str:
+    return ALGORITHMS.get(method, online.baseline_algorithm)
+
+
+def uniform(weights: Sequence[float] | None, k: int) -> list[float]:
+    return [1.0 / k] * k if weights is None else [w / sum(weights) for w in weights]
+
+
+def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict:
+    """Rewarded Soups' interpolation: ``sum_i weights_i * theta_i`` per floating-point tensor (weights
+    on the simplex); integer buffers must agree and are taken as they are."""
+    if not state_dicts or len(state_dicts) != len(weights):
+        raise ValueError(f"{len(state_dicts)} state dicts for {len(weights)} weights")
+    if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"soup weights must be non-negative and sum to 1, got {list(weights)}")
+    keys = set(state_dicts[0])
+    for index, state in enumerate(state_dicts[1:], start=1):
+        if set(state) != keys:
+            raise ValueError(f"policy {index} has other parameters than policy 0: not the same architecture")
+    soup = {}
+    for key, first in state_dicts[0].items():
+        if first.is_floating_point():
+            total = torch.zeros_like(first, dtype=torch.float32)
+            for weight, state in zip(weights, state_dicts, strict=True):
+                total += weight * state[key].to(torch.float32)
+            soup[key] = total.to(first.dtype)
+        else:
+            if any(not torch.equal(first, state[key]) for state in state_dicts[1:]):
+                raise ValueError(f"integer tensor {key} differs between the policies")
+            soup[key] = first.clone()
+    return soup
+
+
+def load_reward(reward_dir, dimensions: Sequence[str], n_classes: Sequence[int], dtype: torch.dtype, *,
+                max_length: int, batch_size: int = 16):
+    """The reward model, its tokenizer and its running statistics; heads checked against the config."""
+    from transformers import AutoTokenizer
+
+    from moalign.models import pick_device
+    from moalign.rewards.mapping import RewardStats
+    from moalign.rewards.model import MultiHeadRewardModel
+
+    model = MultiHeadRewardModel.load(reward_dir, dimensions, n_classes, dtype=dtype, device=pick_device())
+    model.requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(reward_dir), RewardStats.load(reward_dir)
+
+
+def _dataset(prompts: Sequence[str]):
+    from datasets import Dataset
+
+    # conversational rows: the trainers apply the policy's chat template, as evaluation does
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": text}]} for text in prompts])
+
+
+def _common_args(train, online, output_dir: Path, dtype: torch.dtype, seed: int) -> dict:
+    return {
+        "output_dir": str(output_dir), "learning_rate": train.learning_rate, "num_train_epochs": train.epochs,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps, "logging_steps": train.logging_steps,
+        "save_strategy": "steps", "save_steps": train.save_steps, "save_total_limit": 2, "report_to": [],
+        "seed": seed, "temperature": online.temperature, "warmup_steps": train.warmup_ratio,  # a float below 1 is a ratio in transformers 5
+        # fp32 unless the model is loaded in half precision: bf16 matmuls are ~20x slower on CPUs
+        "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16,
+    }
+
+
+def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, callbacks):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from moalign.training.preference import lora_config
+
+    online = train.online
+    common = _common_args(train, online, output_dir, model.dtype, seed)
+    peft = lora_config(model, train.lora) if train.lora.enabled else None
+    if algorithm == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        args = RLOOConfig(
+            **common, per_device_train_batch_size=train.batch_size * online.num_generations,
+            num_generations=online.num_generations, max_completion_length=online.max_completion_length,
+            beta=online.kl_beta,
+        )
+        trainer = RLOOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=_dataset(prompts),
+                              processing_class=tokenizer, peft_config=peft, callbacks=list(callbacks))
+    elif algorithm == "online_dpo":
+        from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+        args = OnlineDPOConfig(
+            **common, per_device_train_batch_size=train.batch_size, max_new_tokens=online.max_completion_length,
+            beta=online.kl_beta,
+        )
+        trainer = OnlineDPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=_dataset(prompts),
+                                   processing_class=tokenizer, peft_config=peft, callbacks=list(callbacks))
+    else:
+        raise ValueError(f"unknown online algorithm {algorithm!r}")
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output_dir)))
+    final = trainer.model.merge_and_unload() if peft is not None else trainer.model
+    return final, trainer.state.log_history
+
+
+def _run_ppo(model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, on_log):
+    from moalign.training.ppo import PPOSettings, train_ppo
+    from moalign.training.preference import _attach_lora
+
+    online = train.online
+    policy = _attach_lora(model, train.lora) if train.lora.enabled else model
+    settings = PPOSettings(
+        learning_rate=train.learning_rate, epochs=train.epochs, batch_size=train.batch_size,
+        ppo_epochs=online.ppo_epochs, clip_range=online.clip_range, value_clip_range=online.clip_range,
+        vf_coef=online.vf_coef, kl_beta=online.kl_beta, max_new_tokens=online.max_completion_length,
+        temperature=online.temperature, seed=seed, logging_steps=train.logging_steps, save_steps=train.save_steps,
+    )
+    history = train_ppo(policy, tokenizer, list(prompts), reward, settings, output_dir, on_log=on_log)
+    final = policy.merge_and_unload() if train.lora.enabled else policy
+    return final, history
+
+
+def train_online(
+    rows: Sequence[PreferenceRow],
+    model_dir,
+    reward_dir,
+    out_dir,
+    checkpoint_dir,
+    *,
+    train,  # moalign.config.TrainParams
+    dimensions: Sequence[str],
+    n_classes: Sequence[int],
+    dtype: str = "auto",
+    seed: int = 0,
+    fingerprint: str,
+    on_log: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train ``train.method`` online and save a plain (merged) model directory in ``out_dir``; returns
+    the log history, each entry tagged with its phase and a step counted across phases."""
+    from transformers import set_seed
+
+    from moalign.models import load_model_and_tokenizer, resolve_dtype
+    from moalign.rewards.control import MappedReward, ScalarisedReward, control_prompts
+    from moalign.training.preference import _ForwardLogs, _reset_if_foreign
+
+    set_seed(seed)
+    method, online = train.method, train.online
+    algorithm = algorithm_of(method, online)
+    checkpoint_dir = Path(checkpoint_dir)
+    _reset_if_foreign(checkpoint_dir, fingerprint)
+    prompts = training_prompts(rows, online.max_prompts)
+    if not prompts:
+        raise ValueError("no training prompts: the train pairs are empty")
+    reward_model, reward_tokenizer, stats = load_reward(
+        reward_dir, dimensions, n_classes, resolve_dtype(dtype), max_length=train.max_length
+    )
+    options = {"max_length": train.max_length}
+    k = len(dimensions)
+    if method.startswith("moslim_"):
+        texts = [row["prompt"] for row in control_prompts(prompts, dimensions, n_classes, seed)]
+        phases = [(method, MappedReward(reward_model, reward_tokenizer, stats, **options))]
+    elif method == "morlhf":
+        texts = [text for _, text in prompts]
+        weights = uniform(online.morlhf_weights, k)
+        phases = [(method, ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes, weights, **options))]
+    elif method == "rewarded_soups":
+        texts = [text for _, text in prompts]
+        phases = [
+            (f"soup-{d}", ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes,
+                                           [1.0 if j == i else 0.0 for j in range(k)], **options))
+            for i, d in enumerate(dimensions)
+        ]
+    else:
+        raise ValueError(f"{method!r} is not an online method")
+    logger.info("%s: %s on %d prompts, %d phase(s)", method, algorithm, len(texts), len(phases))
+
+    history: list[dict] = []
+    policies: list[dict[str, torch.Tensor]] = []
+    step_offset = 0
+    model = tokenizer = None
+    for name, reward in phases:
+        phase_dir = checkpoint_dir if len(phases) == 1 else checkpoint_dir / name
+        done = phase_dir / "final"
+        if len(phases) > 1 and (done / "train_log.json").exists():
+            from transformers import AutoModelForCausalLM
+
+            # a finished ingredient of the soup: its weights are on disk
+            model = AutoModelForCausalLM.from_pretrained(done, dtype=resolve_dtype(dtype))
+            phase_history = json.loads((done / "train_log.json").read_text())
+        else:
+            # every phase starts from the starting policy: soup ingredients are independent fine-tunes
+            model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
+            forward = _ForwardLogs(on_log, name, step_offset) if on_log is not None else None
+            if algorithm == "ppo":
+                def log_entry(entry, forward=forward):
+                    if forward is not None:
+                        forward.forward({**entry, "phase": forward.phase, "step": forward.step_offset + entry["step"]})
+
+                model, phase_history = _run_ppo(model, tokenizer, texts, reward, phase_dir, train=train, seed=seed,
+                                                on_log=log_entry)
+            else:
+                model, phase_history = _run_trl(algorithm, model, tokenizer, texts, reward, phase_dir, train=train,
+                                                seed=seed, callbacks=[forward] if forward is not None else [])
+            phase_history = [{**e, "phase": name, "step": step_offset + e.get("step", 0)} for e in phase_history]
+            if len(phases) > 1:
+                model.save_pretrained(done, safe_serialization=True)
+                (done / "train_log.json").write_text(json.dumps(phase_history))
+        history.extend(phase_history)
+        step_offset = max([step_offset, *(e["step"] for e in phase_history)])
+        if len(phases) > 1:
+            policies.append({key: value.detach().cpu() for key, value in model.state_dict().items()})
+
+    if tokenizer is None:
+        model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
+    if len(policies) > 1:
+        weights = uniform(online.soup_weights, k)
+        model.load_state_dict(average_state_dicts(policies, weights))
+        history.append({"phase": "soup", "step": step_offset, **{f"soup_weight/{d}": w
+                                                                 for d, w in zip(dimensions, weights)}})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "train_log.json").write_text(json.dumps(history, indent=1))
+    return history

@@ -1,0 +1,141 @@
+"""Online policy optimisation against the reward model: MOSLIM (RLOO, Online-DPO), MORLHF and
+Rewarded Soups on the tiny model, and the soup's weight averaging by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from moalign.config import Params
+from moalign.data.schema import PreferenceRow, ScoredResponse
+from moalign.training.online import average_state_dicts, training_prompts, uniform
+
+ROOT = Path(__file__).resolve().parents[1]
+DIMS = ["correctness", "instruction_following", "verbosity", "harmlessness"]
+CLASSES = [5, 5, 5, 2]
+
+
+def _rows(n: int = 4) -> list[PreferenceRow]:
+    return [
+        PreferenceRow(id=f"r{i}", source="t", prompt_id=f"q{i % 3}", split="train", prompt=f"Question {i % 3}?",
+                      chosen=ScoredResponse(text="Yes.", scores=dict.fromkeys(DIMS, 4)),
+                      rejected=ScoredResponse(text="No.", scores=dict.fromkeys(DIMS, 2)))
+        for i in range(n)
+    ]
+
+
+def test_training_prompts_are_distinct_and_capped() -> None:
+    assert training_prompts(_rows(6), None) == [("q0", "Question 0?"), ("q1", "Question 1?"), ("q2", "Question 2?")]
+    assert training_prompts(_rows(6), 2) == [("q0", "Question 0?"), ("q1", "Question 1?")]
+
+
+def test_average_state_dicts_by_hand() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([3])}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor([3])}
+    soup = average_state_dicts([a, b], [0.25, 0.75])
+    assert soup["w"].tolist() == [2.5, 5.0] and soup["n"].tolist() == [3]
+    with pytest.raises(ValueError, match="sum to 1"):
+        average_state_dicts([a, b], [0.5, 0.6])
+    with pytest.raises(ValueError, match="integer tensor n differs"):
+        average_state_dicts([a, {"w": b["w"], "n": torch.tensor([4])}], [0.5, 0.5])
+    with pytest.raises(ValueError, match="other parameters"):
+        average_state_dicts([a, {"w": b["w"]}], [0.5, 0.5])
+    assert uniform(None, 4) == [0.25] * 4 and uniform([1, 3], 2) == [0.25, 0.75]
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    """An (untrained) reward model with statistics: enough to give the policy a reward signal."""
+    from transformers import AutoTokenizer
+
+    from moalign.rewards import RewardStats
+    from moalign.rewards.model import MultiHeadRewardModel, score_texts
+
+    out = tmp_path_factory.mktemp("reward") / "reward"
+    model = MultiHeadRewardModel.from_backbone(tiny_model_dir, DIMS, CLASSES)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.save(out, tokenizer=tokenizer)
+    stats = RewardStats(DIMS, CLASSES)
+    stats.update(score_texts(model, tokenizer, ["Q?"] * 4, ["a", "bb", "ccc dd", "e f g h"]))
+    stats.save(out)
+    return out
+
+
+def _train(method: str, **online):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["reward"]["classes"] = {"harmlessness": 2}
+    # no warmup: with one or two steps the learning rate would stay at 0
+    raw["train"].update(method=method, batch_size=2, epochs=1, save_steps=50, learning_rate=1e-3, warmup_ratio=0.0)
+    raw["train"]["online"].update(max_prompts=2, num_generations=2, max_completion_length=6, **online)
+    return Params.model_validate(raw)
+
+
+@pytest.mark.parametrize(
+    ("method", "online"),
+    [("moslim_rloo", {}), ("moslim_online_dpo", {}), ("morlhf", {"morlhf_weights": [1, 0, 0, 1]})],
+)
+def test_online_methods_train_and_save_a_plain_model(method, online, tmp_path, tiny_model_dir, reward_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from moalign.training.online import train_online
+
+    config = _train(method, **online)
+    seen = []
+    history = train_online(
+        _rows(), tiny_model_dir, reward_dir, tmp_path / "policy", tmp_path / "ckpt", train=config.train,
+        dimensions=DIMS, n_classes=config.reward_classes, dtype="float32", seed=0, fingerprint="f",
+        on_log=seen.append,
+    )
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert seen and all(e["phase"] == method for e in seen)
+    assert any(key.startswith("rewards/") or key in ("reward", "objective/scores") for e in history for key in e)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")  # merged: a plain directory
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(value, base[name]) for name, value in model.state_dict().items())
+    assert json.loads((tmp_path / "policy" / "train_log.json").read_text()) == history
+
+
+def test_rewarded_soups_averages_one_policy_per_dimension(tmp_path, tiny_model_dir, reward_dir) -> None:
+    from safetensors.torch import load_file
+
+    from moalign.training.online import train_online
+
+    config = _train("rewarded_soups", soup_weights=[1, 1, 1, 1])
+    history = train_online(
+        _rows(), tiny_model_dir, reward_dir, tmp_path / "policy", tmp_path / "ckpt", train=config.train,
+        dimensions=DIMS, n_classes=config.reward_classes, dtype="float32", seed=0, fingerprint="f",
+    )
+    assert {e["phase"] for e in history} == {f"soup-{d}" for d in DIMS} | {"soup"}
+    ingredients = [load_file(tmp_path / "ckpt" / f"soup-{d}" / "final" / "model.safetensors") for d in DIMS]
+    soup = load_file(tmp_path / "policy" / "model.safetensors")
+    key = next(k for k in soup if "q_proj" in k and soup[k].is_floating_point())
+    expected = sum(state[key] for state in ingredients) / 4
+    assert torch.allclose(soup[key], expected, atol=1e-6)
+    assert not torch.equal(ingredients[0][key], ingredients[1][key])  # each ingredient was trained apart
+
+
+def test_online_method_without_reward_model_is_a_clear_error(tmp_path, tiny_model_dir) -> None:
+    from moalign.training.online import train_online
+
+    config = _train("moslim_rloo")
+    with pytest.raises(FileNotFoundError, match="train_reward"):
+        train_online(_rows(), tiny_model_dir, tmp_path / "missing", tmp_path / "p", tmp_path / "c",
+                     train=config.train, dimensions=DIMS, n_classes=config.reward_classes, dtype="float32",
+                     seed=0, fingerprint="f")
+
+
+def test_reward_heads_that_differ_from_the_config_are_named(tmp_path, tiny_model_dir, reward_dir) -> None:
+    from moalign.rewards.model import RewardModelError
+    from moalign.training.online import train_online
+
+    config = _train("moslim_rloo")
+    with pytest.raises(RewardModelError, match=r"harmlessness\(2\).*harmlessness\(5\)"):
+        train_online(_rows(), tiny_model_dir, reward_dir, tmp_path / "p", tmp_path / "c", train=config.train,
+                     dimensions=DIMS, n_classes=[5, 5, 5, 5], dtype="float32", seed=0, fingerprint="f")

@@ -1,0 +1,76 @@
+"""The train_reward stage on the tiny model: the model folder, its statistics, the metrics, and the
+registered MLflow pyfunc scoring rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from moalign.data.schema import PreferenceRow, ScoredResponse, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+DIMS = ["correctness", "instruction_following", "verbosity", "harmlessness"]
+
+
+def _rows(split: str, n: int) -> list[PreferenceRow]:
+    rows = []
+    for i in range(n):
+        good = {d: 5 for d in DIMS}
+        bad = {d: 1 for d in DIMS} | {"harmlessness": 2}
+        rows.append(PreferenceRow(
+            id=f"{split}{i}", source="test", prompt_id=f"q{split}{i}", split=split, prompt=f"What is {i} + {i}?",
+            chosen=ScoredResponse(text=f"It is {2 * i}. Great answer.", scores=good),
+            rejected=ScoredResponse(text=f"No idea, {i}. Awful answer.", scores=bad),
+        ))
+    return rows
+
+
+@pytest.fixture
+def stage_run(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["reward"].update(classes={"harmlessness": 2}, epochs=2, batch_size=4, max_length=48, learning_rate=1e-3)
+    raw["register"].update(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="reward-test")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    write_jsonl(tmp_path / "train.jsonl", _rows("train", 8))
+    write_jsonl(tmp_path / "eval.jsonl", _rows("eval", 2))
+    from components.train_reward import app
+
+    args = ["--pairs", "train.jsonl", "--eval-pairs", "eval.jsonl", "--model", str(tiny_model_dir),
+            "--out", "models/reward", "--metrics", "metrics/reward.json", "--checkpoints", "ckpt"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def test_train_reward_stage_writes_model_stats_metrics_and_registers(stage_run: Path) -> None:
+    from moalign.rewards import RewardStats
+    from moalign.rewards.model import MultiHeadRewardModel
+
+    out = stage_run / "models" / "reward"
+    model = MultiHeadRewardModel.load(out, DIMS, [5, 5, 5, 2])
+    assert model.n_classes == (5, 5, 5, 2)
+    stats = RewardStats.load(out)
+    assert stats.dimensions == DIMS and stats.n_classes == [5, 5, 5, 2] and stats.count == 16
+    metrics = json.loads((stage_run / "metrics" / "reward.json").read_text())
+    assert set(metrics) == {"train", "eval"} and set(metrics["eval"]) == set(DIMS)
+    assert metrics["eval"]["harmlessness"]["n"] == 4
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{stage_run / 'mlflow.db'}")
+    scorer = mlflow.pyfunc.load_model("models:/moalign-reward@challenger")
+    import pandas as pd
+
+    scored = scorer.predict(pd.DataFrame({
+        "prompt": ["<correctness 5>\nWhat is 1 + 1?", "What is 1 + 1?"],
+        "response": ["It is 2. Great answer.", "No idea. Awful answer."],
+    }))
+    assert list(scored.columns) == [*DIMS, "moslim_mapped_reward"]
+    assert scored["harmlessness"].between(1, 2).all() and scored["correctness"].between(1, 5).all()
+    # the tagged prompt gets Eq. 11's reward, the untagged one none
+    assert scored["moslim_mapped_reward"].notna().tolist() == [True, False]
