@@ -77,7 +77,13 @@ def _train(method: str, **online):
 
 @pytest.mark.parametrize(
     ("method", "online"),
-    [("moslim_rloo", {}), ("moslim_online_dpo", {}), ("morlhf", {"morlhf_weights": [1, 0, 0, 1]})],
+    [
+        ("moslim_rloo", {}),
+        ("moslim_ppo", {}),
+        pytest.param("moslim_online_dpo", {}, marks=pytest.mark.slow),
+        pytest.param("morlhf", {"morlhf_weights": [1, 0, 0, 1], "baseline_algorithm": "online_dpo"},
+                     marks=pytest.mark.slow),
+    ],
 )
 def test_online_methods_train_and_save_a_plain_model(method, online, tmp_path, tiny_model_dir, reward_dir) -> None:
     from transformers import AutoModelForCausalLM
@@ -94,7 +100,7 @@ def test_online_methods_train_and_save_a_plain_model(method, online, tmp_path, t
     losses = [e["loss"] for e in history if "loss" in e]
     assert losses and all(math.isfinite(v) for v in losses)
     assert seen and all(e["phase"] == method for e in seen)
-    assert any(key.startswith("rewards/") or key in ("reward", "objective/scores") for e in history for key in e)
+    assert any(key.startswith("rewards/") or key in ("reward", "score_mean") for e in history for key in e)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")  # merged: a plain directory
     assert not any("lora" in name for name, _ in model.named_parameters())
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
