@@ -64,6 +64,7 @@ def project(tmp_path_factory) -> Path:
     params["evaluate"].update(n_prompts=6, max_new_tokens=12)
     params["train"].update(batch_size=2, save_steps=2)
     params["reward"].update(epochs=1, batch_size=4, max_length=64)
+    params["train"]["online"].update(max_prompts=4, num_generations=2, max_completion_length=8)
     # random-token answers are mostly tied, so few pairs survive; the gate must not trip on a tiny set
     params["validate"]["max_quarantine_fraction"] = 1.0
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -188,7 +189,11 @@ def test_exp_run_on_a_local_file_with_an_llm_judge(project):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simpo", "cal_dpo", "orpo", "contrastive_cpo", "modpo", "spo", "controllable_cpo", "sft"])
+@pytest.mark.parametrize(
+    "method",
+    ["simpo", "cal_dpo", "orpo", "contrastive_cpo", "modpo", "spo", "controllable_cpo", "sft",
+     "moslim_rloo", "moslim_online_dpo", "moslim_ppo", "morlhf", "rewarded_soups"],
+)
 def test_exp_run_trains_every_method_end_to_end(project, method):
     run(["dvc", "exp", "run", "-S", f"train.method={method}"], project)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -198,5 +203,6 @@ def test_exp_run_trains_every_method_end_to_end(project, method):
     curves = json.loads((project / "plots/train_curves.json").read_text())
     assert curves and all(math.isfinite(entry["loss"]) for entry in curves)
     # a control-tag policy is also asked for each intensity of each dimension
-    assert ("controllability" in metrics) == (method == "controllable_cpo")
-    assert (project / "eval" / "controllability.csv").is_file() == (method == "controllable_cpo")
+    tagged = method == "controllable_cpo" or method.startswith("moslim_")
+    assert ("controllability" in metrics) == tagged
+    assert (project / "eval" / "controllability.csv").is_file() == tagged
