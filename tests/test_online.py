@@ -79,7 +79,7 @@ def _train(method: str, **online):
     ("method", "online"),
     [
         ("moslim_rloo", {}),
-        ("moslim_ppo", {}),
+        pytest.param("moslim_ppo", {}, marks=pytest.mark.slow),  # tests/test_ppo.py covers the algorithm
         pytest.param("moslim_online_dpo", {}, marks=pytest.mark.slow),
         pytest.param("morlhf", {"morlhf_weights": [1, 0, 0, 1], "baseline_algorithm": "online_dpo"},
                      marks=pytest.mark.slow),
@@ -108,6 +108,7 @@ def test_online_methods_train_and_save_a_plain_model(method, online, tmp_path, t
     assert json.loads((tmp_path / "policy" / "train_log.json").read_text()) == history
 
 
+@pytest.mark.slow  # four trainings; the default run keeps the averaging by hand above
 def test_rewarded_soups_averages_one_policy_per_dimension(tmp_path, tiny_model_dir, reward_dir) -> None:
     from safetensors.torch import load_file
 
