@@ -134,13 +134,12 @@ class RewardStats:
     def rewards(self, probs: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Eq. 11 rewards (batch,) from the heads' probabilities (per head (batch, n_classes)) and
         the requested classes (batch, k), as :meth:`lookup`."""
-        self._check_targets(targets)
+        mean, std, mask = self.lookup(targets)  # checks the targets before they index anything
         target_probs = torch.stack(
             [p.detach().float().cpu()[torch.arange(len(p)), targets[:, i].clamp_min(0)]
              for i, p in enumerate(probs)],
             dim=1,
         )
-        mean, std, mask = self.lookup(targets)
         return map_reward(target_probs, mean, std, mask)
 
     def _check_targets(self, targets: torch.Tensor) -> None:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import shutil
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from moalign.rewards.model import (
     pad_token_id,
     score_texts,
 )
+from moalign.training.preference import AveragedLogsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class RewardCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(AveragedLogsMixin, Trainer):
     """``transformers.Trainer`` whose loss is the reward model's summed per-head cross-entropy.
 
     Logs ``loss/<dimension>`` beside ``loss``: each head's mean cross-entropy since the last log,
@@ -157,7 +157,6 @@ class RewardTrainer(Trainer):
         self.dimensions = tuple(dimensions)
         # the loss is a mean over rows, not a token count: the Trainer scales it for accumulation
         self.model_accepts_loss_kwargs = False
-        self._stored: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -172,13 +171,6 @@ class RewardTrainer(Trainer):
             if count:
                 self._stored[f"loss/{dimension}"].append(loss)
         return (output.loss, output) if return_outputs else output.loss
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs:
-            for key, values in self._stored.items():
-                logs[key] = sum(values) / len(values)
-            self._stored.clear()
-        super().log(logs, *args, **kwargs)
 
 
 def _fingerprint(payload: dict) -> str:

@@ -181,7 +181,7 @@ def train_online(
 
     from moalign.models import load_model_and_tokenizer, resolve_dtype
     from moalign.rewards.control import MappedReward, ScalarisedReward, control_prompts
-    from moalign.training.preference import _ForwardLogs, _reset_if_foreign
+    from moalign.training.preference import _ForwardLogs, _reset_if_foreign, save_policy
 
     set_seed(seed)
     method, online = train.method, train.online
@@ -232,12 +232,9 @@ def train_online(
             model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
             forward = _ForwardLogs(on_log, name, step_offset) if on_log is not None else None
             if algorithm == "ppo":
-                def log_entry(entry, forward=forward):
-                    if forward is not None:
-                        forward.forward({**entry, "phase": forward.phase, "step": forward.step_offset + entry["step"]})
-
+                # moalign's PPO hands over plain log entries, not Trainer callbacks
                 model, phase_history = _run_ppo(model, tokenizer, texts, reward, phase_dir, train=train, seed=seed,
-                                                on_log=log_entry)
+                                                on_log=forward.entry if forward is not None else None)
             else:
                 model, phase_history = _run_trl(algorithm, model, tokenizer, texts, reward, phase_dir, train=train,
                                                 seed=seed, callbacks=[forward] if forward is not None else [])
@@ -257,9 +254,5 @@ def train_online(
         model.load_state_dict(average_state_dicts(policies, weights))
         history.append({"phase": "soup", "step": step_offset, **{f"soup_weight/{d}": w
                                                                  for d, w in zip(dimensions, weights)}})
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "train_log.json").write_text(json.dumps(history, indent=1))
+    save_policy(model, tokenizer, out_dir, history)
     return history

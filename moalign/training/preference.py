@@ -200,7 +200,23 @@ def split_logps(token_logps: torch.Tensor, mask: torch.Tensor, num_prompts: int)
     return token_logps.sum(-1), mask.sum(-1).clamp_min(1.0), token_logps, mask
 
 
-class PreferenceTrainer(Trainer):
+class AveragedLogsMixin:
+    """For a ``transformers.Trainer`` subclass: values appended to ``self._stored[name]`` at each step
+    are averaged into the next log entry that has a loss (as TRL does with its stored metrics)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stored: dict[str, list[float]] = defaultdict(list)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:
+            for key, values in self._stored.items():
+                logs[key] = sum(values) / len(values)
+            self._stored.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class PreferenceTrainer(AveragedLogsMixin, Trainer):
     """``transformers.Trainer`` with moalign's preference losses and per-dimension diagnostics."""
 
     def __init__(self, *args, objective: Objective, **kwargs):
@@ -210,7 +226,6 @@ class PreferenceTrainer(Trainer):
         # by the accumulation steps (so 8 x 1 and 1 x 8 give the same update)
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
-        self._stored: dict[str, list[float]] = defaultdict(list)
 
     def _weights(self, token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """AMoPO alpha, (B, K), from the (B, K, 2, T) per-token log-probabilities."""
@@ -272,14 +287,6 @@ class PreferenceTrainer(Trainer):
                 self._stored[f"{name}/weight"].append(logps.weights[:, i].mean().item())
                 self._stored[f"{name}/margin"].append(margins[:, i].mean().item())
                 self._stored[f"{name}/accuracy"].append((margins[:, i] > 0).float().mean().item())
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        # averaged over the steps since the last log, as TRL does with its stored metrics
-        if "loss" in logs:
-            for key, values in self._stored.items():
-                logs[key] = sum(values) / len(values)
-            self._stored.clear()
-        super().log(logs, *args, **kwargs)
 
 
 @torch.no_grad()
@@ -422,7 +429,11 @@ class _ForwardLogs(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
-            self.forward({**logs, "phase": self.phase, "step": self.step_offset + state.global_step})
+            self.entry({**logs, "step": state.global_step})
+
+    def entry(self, logs: dict) -> None:
+        """Forward one entry whose ``step`` counts within the phase (also for loops without callbacks)."""
+        self.forward({**logs, "phase": self.phase, "step": self.step_offset + logs["step"]})
 
 
 def _reference_scores(model, phase: Phase, features, collator, batch_size: int, cache) -> list[tuple[float, float]]:
@@ -515,12 +526,20 @@ def train_policy(
         history.extend(phase_history)
         step_offset = max([step_offset, *(entry["step"] for entry in phase_history)])
 
+    save_policy(model, tokenizer, out_dir, history)
+    return history
+
+
+def save_policy(model, tokenizer, out_dir, history: list[dict]) -> None:
+    """The trained policy as a plain HF directory, with its log history in ``train_log.json``."""
+    import json
+    from pathlib import Path
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "train_log.json").write_text(json.dumps(history, indent=1))
-    return history
 
 
 def _previous_margin(row: PreferenceRow, current: dict, previous: dict, beta: float) -> float:
