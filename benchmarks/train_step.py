@@ -319,7 +319,7 @@ def _trl_model_and_data(opts, rows):
 def _run_trl_cpo(opts, params, rows, max_length: int, total_steps: int, workdir: Path) -> dict:
     from trl.experimental.cpo import CPOConfig, CPOTrainer  # TRL 1.x: CPO lives in trl.experimental
 
-    from moalign.training.preference import lora_config
+    from moalign.training.runs import lora_config
 
     model, tokenizer, dataset = _trl_model_and_data(opts, rows)
     config = CPOConfig(
@@ -341,7 +341,7 @@ def _run_trl_cpo(opts, params, rows, max_length: int, total_steps: int, workdir:
 def _run_trl_dpo(opts, params, rows, max_length: int, total_steps: int, workdir: Path) -> dict:
     from trl import DPOConfig, DPOTrainer
 
-    from moalign.training.preference import lora_config
+    from moalign.training.runs import lora_config
 
     model, tokenizer, dataset = _trl_model_and_data(opts, rows)
     config = DPOConfig(

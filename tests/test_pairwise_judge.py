@@ -13,7 +13,7 @@ from moalign.config import JudgeParams
 from moalign.data.schema import TaskPrompt
 from moalign.evaluation import arenahard, mtbench
 from moalign.evaluation.winrate import win_rate
-from moalign.judges import open_judge, open_pairwise_judge, open_rater
+from moalign.judges import open_judge, open_judges
 from moalign.judges.cache import CachedCall, JudgeCache, call_key
 from moalign.judges.llm import (
     BudgetExhausted,
@@ -334,34 +334,33 @@ def test_mtbench_rating_failure_is_none(serve, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# open_pairwise_judge, structured output, and the cache's backward compatibility
+# open_judges, structured output, and the cache's backward compatibility
 
 
-def test_open_pairwise_judge_and_rater(serve, tmp_path):
+def test_open_judges_opens_pairwise_judge_and_rater_on_one_endpoint(serve, tmp_path):
     server = serve(reply=prefers_longer)
     params = JudgeParams(
         backend="openai_compatible", base_url=server.url, model="fake-judge",
         cache_path=str(tmp_path / "judge.sqlite"), concurrency=2, max_retries=0,
         structured_output=True,
     )
-    with open_pairwise_judge(params) as judge:
+    with open_judges(params, ["helpfulness"]) as judges:
+        judge = judges.pairwise()
         assert isinstance(judge, LLMPairwiseJudge) and judge.template.name == "amopo_winrate"
+        assert judges.pairwise() is judge, "one judge per template, opened once"
         assert judge.endpoint.concurrency == 2 and judge.max_tokens == 256
         assert judge._format == {"type": "json_schema", "json_schema": {
             "name": "pairwise_amopo_winrate", "schema": WINRATE_SCHEMA}}
         assert judge.compare_with_swap_many(swap_items(1)) == ["win"]
+        assert judges.pairwise("arena_hard_v0.1").template.name == "arena_hard_v0.1"
+        assert isinstance(judges.rater(), LLMRater)
+        # the per-dimension judge shares the cache file
+        assert isinstance(judges.scorer, LLMJudge) and judges.scorer.cache.path == judge.cache.path
     with pytest.raises(sqlite3.ProgrammingError):
-        len(judge.cache)  # closed
-    with open_pairwise_judge(params, template="arena_hard_v0.1", max_tokens=512) as judge:
-        assert judge.template.name == "arena_hard_v0.1" and judge.max_tokens == 512
-    with open_rater(params) as rater:
-        assert isinstance(rater, LLMRater)
-    # the per-dimension judge shares the cache file
-    with open_judge(params, ["helpfulness"]) as scorer:
-        assert isinstance(scorer, LLMJudge)
-    with pytest.raises(ValueError, match="no LLM endpoint"):
-        with open_pairwise_judge(JudgeParams(cache_path=str(tmp_path / "x.sqlite"))):
-            pass
+        len(judge.cache)  # closed with the set
+    with open_judges(JudgeParams(cache_path=str(tmp_path / "x.sqlite")), ["helpfulness"]) as judges:
+        with pytest.raises(ValueError, match="needs an LLM judge"):
+            judges.pairwise()
     assert not (tmp_path / "x.sqlite").exists()
 
 

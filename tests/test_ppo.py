@@ -139,7 +139,7 @@ def test_train_ppo_runs_logs_and_checkpoints(tiny_model_dir, tmp_path):
     assert history[-1]["epoch"] == pytest.approx(2.0)
     assert any(not torch.equal(start[name], p) for name, p in policy.named_parameters())
     checkpoint = tmp_path / "ppo" / "checkpoint-4"  # the last round is always saved
-    for name in ("model.safetensors", "value_head.safetensors", "optimizer.pt", "state.json", "../fingerprint.json"):
+    for name in ("model.safetensors", "value_head.safetensors", "optimizer.pt", "state.json", "../ppo_fingerprint.txt"):
         assert (checkpoint / name).exists(), name
 
 

@@ -1,7 +1,7 @@
 """Judges score responses per dimension; :func:`open_judge` builds the one ``params.yaml`` names.
 
-The same endpoint also judges pairs (:func:`open_pairwise_judge`, win rates with position swap)
-and rates single answers on MT-bench's scale (:func:`open_rater`).
+The same endpoint also judges pairs (win rates with position swap) and rates single answers on
+MT-bench's scale: :func:`open_judges` opens all three on one endpoint and one call cache.
 """
 
 from __future__ import annotations
@@ -70,35 +70,6 @@ def open_judge(params, dimensions: Sequence[str]) -> Iterator[Judge]:
         yield judges.scorer
 
 
-@contextlib.contextmanager
-def open_pairwise_judge(
-    params, template: str = "amopo_winrate", **options
-) -> Iterator[LLMPairwiseJudge]:
-    """The pairwise judge on the endpoint of ``params``, as :func:`open_judge` (the same call
-    cache, the local server started and stopped). ``template``: ``amopo_winrate`` or
-    ``arena_hard_v0.1`` (:mod:`moalign.judges.pairwise`); ``options`` go to
-    :class:`~moalign.judges.pairwise.LLMPairwiseJudge` (``template_path``, ``max_tokens``). The
-    programmatic backend has no pairwise judge: a ValueError."""
-    from moalign.judges.pairwise import LLMPairwiseJudge
-
-    with open_endpoint(params) as endpoint, LLMPairwiseJudge(
-        endpoint, params.cache_path, template, **options
-    ) as judge:
-        yield judge
-
-
-@contextlib.contextmanager
-def open_rater(params, **options) -> Iterator[LLMRater]:
-    """The MT-bench rater (:class:`~moalign.judges.pairwise.LLMRater`) on the endpoint of
-    ``params``, as :func:`open_pairwise_judge`."""
-    from moalign.judges.pairwise import LLMRater
-
-    with open_endpoint(params) as endpoint, LLMRater(
-        endpoint, params.cache_path, **options
-    ) as rater:
-        yield rater
-
-
 class JudgeSet:
     """Every judge one evaluation needs, on one endpoint (one local server start, one cache file):
     ``scorer`` scores per dimension; :meth:`pairwise` and :meth:`rater` open the pairwise judge and
@@ -153,6 +124,5 @@ def open_judges(params, dimensions: Sequence[str]) -> Iterator[JudgeSet]:
 
 
 __all__ = [
-    "Judge", "JudgeSet", "Scores", "make_judge", "open_endpoint", "open_judge", "open_judges",
-    "open_pairwise_judge", "open_rater", "score_many",
+    "Judge", "JudgeSet", "Scores", "make_judge", "open_endpoint", "open_judge", "open_judges", "score_many",
 ]

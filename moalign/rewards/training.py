@@ -9,10 +9,7 @@ pairs. The training loop is ``transformers.Trainer`` (checkpoints, resume, accel
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from moalign.rewards.model import (
     score_texts,
 )
 from moalign.training.preference import AveragedLogsMixin
+from moalign.training.runs import claim_checkpoints, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -173,19 +171,6 @@ class RewardTrainer(AveragedLogsMixin, Trainer):
         return (output.loss, output) if return_outputs else output.loss
 
 
-def _fingerprint(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _reset_if_foreign(output_dir: Path, fingerprint: str) -> None:
-    """Checkpoints of another run (other data, settings or heads) are deleted: never resume those."""
-    stamp = output_dir / "fingerprint.txt"
-    if output_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-
-
 def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batch_size, max_length) -> dict:
     probs = score_texts(
         model,
@@ -248,7 +233,7 @@ def train_reward_model(
             lr_scheduler_type,
         ],
     }
-    _reset_if_foreign(output_dir, _fingerprint(run))
+    claim_checkpoints(output_dir, fingerprint(run))
 
     encoded = encode_pairs(
         tokenizer, [e["prompt"] for e in train_examples], [e["response"] for e in train_examples], max_length

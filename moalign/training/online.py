@@ -22,7 +22,6 @@ baselines used PPO). Checkpoints resume like the offline methods; the final poli
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from moalign.data.schema import PreferenceRow
+from moalign.training.runs import attach_lora, claim_checkpoints, lora_config, run_phase, save_policy
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,6 @@ def _common_args(train, online, output_dir: Path, dtype: torch.dtype, seed: int)
 def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, callbacks):
     from transformers.trainer_utils import get_last_checkpoint
 
-    from moalign.training.preference import lora_config
-
     online = train.online
     common = _common_args(train, online, output_dir, model.dtype, seed)
     peft = lora_config(model, train.lora) if train.lora.enabled else None
@@ -145,10 +143,9 @@ def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path
 
 def _run_ppo(model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, on_log):
     from moalign.training.ppo import PPOSettings, train_ppo
-    from moalign.training.preference import _attach_lora
 
     online = train.online
-    policy = _attach_lora(model, train.lora) if train.lora.enabled else model
+    policy = attach_lora(model, train.lora) if train.lora.enabled else model
     settings = PPOSettings(
         learning_rate=train.learning_rate, epochs=train.epochs, batch_size=train.batch_size,
         ppo_epochs=online.ppo_epochs, clip_range=online.clip_range, value_clip_range=online.clip_range,
@@ -181,13 +178,12 @@ def train_online(
 
     from moalign.models import load_model_and_tokenizer, resolve_dtype
     from moalign.rewards.control import MappedReward, ScalarisedReward, control_prompts
-    from moalign.training.preference import _ForwardLogs, _reset_if_foreign, save_policy
 
     set_seed(seed)
     method, online = train.method, train.online
     algorithm = algorithm_of(method, online)
     checkpoint_dir = Path(checkpoint_dir)
-    _reset_if_foreign(checkpoint_dir, fingerprint)
+    claim_checkpoints(checkpoint_dir, fingerprint)
     prompts = training_prompts(rows, online.max_prompts)
     if not prompts:
         raise ValueError("no training prompts: the train pairs are empty")
@@ -216,34 +212,24 @@ def train_online(
 
     history: list[dict] = []
     policies: list[dict[str, torch.Tensor]] = []
-    step_offset = 0
-    model = tokenizer = None
+    tokenizer = None
     for name, reward in phases:
         phase_dir = checkpoint_dir if len(phases) == 1 else checkpoint_dir / name
-        done = phase_dir / "final"
-        if len(phases) > 1 and (done / "train_log.json").exists():
-            from transformers import AutoModelForCausalLM
 
-            # a finished ingredient of the soup: its weights are on disk
-            model = AutoModelForCausalLM.from_pretrained(done, dtype=resolve_dtype(dtype))
-            phase_history = json.loads((done / "train_log.json").read_text())
-        else:
+        def run(forward, reward=reward, phase_dir=phase_dir):
+            nonlocal tokenizer
             # every phase starts from the starting policy: soup ingredients are independent fine-tunes
             model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
-            forward = _ForwardLogs(on_log, name, step_offset) if on_log is not None else None
             if algorithm == "ppo":
                 # moalign's PPO hands over plain log entries, not Trainer callbacks
-                model, phase_history = _run_ppo(model, tokenizer, texts, reward, phase_dir, train=train, seed=seed,
-                                                on_log=forward.entry if forward is not None else None)
-            else:
-                model, phase_history = _run_trl(algorithm, model, tokenizer, texts, reward, phase_dir, train=train,
-                                                seed=seed, callbacks=[forward] if forward is not None else [])
-            phase_history = [{**e, "phase": name, "step": step_offset + e.get("step", 0)} for e in phase_history]
-            if len(phases) > 1:
-                model.save_pretrained(done, safe_serialization=True)
-                (done / "train_log.json").write_text(json.dumps(phase_history))
-        history.extend(phase_history)
-        step_offset = max([step_offset, *(e["step"] for e in phase_history)])
+                return _run_ppo(model, tokenizer, texts, reward, phase_dir, train=train, seed=seed,
+                                on_log=forward.entry if forward is not None else None)
+            return _run_trl(algorithm, model, tokenizer, texts, reward, phase_dir, train=train, seed=seed,
+                            callbacks=[forward] if forward is not None else [])
+
+        # a soup keeps every ingredient: a rerun reloads the finished ones instead of training them again
+        model = run_phase(name, phase_dir, history, run, on_log=on_log, keep=len(phases) > 1,
+                          dtype=resolve_dtype(dtype))
         if len(phases) > 1:
             policies.append({key: value.detach().cpu() for key, value in model.state_dict().items()})
 
@@ -252,7 +238,7 @@ def train_online(
     if len(policies) > 1:
         weights = uniform(online.soup_weights, k)
         model.load_state_dict(average_state_dicts(policies, weights))
-        history.append({"phase": "soup", "step": step_offset, **{f"soup_weight/{d}": w
-                                                                 for d, w in zip(dimensions, weights)}})
+        last_step = max((entry["step"] for entry in history), default=0)
+        history.append({"phase": "soup", "step": last_step, **{f"soup_weight/{d}": w for d, w in zip(dimensions, weights)}})
     save_policy(model, tokenizer, out_dir, history)
     return history

@@ -23,7 +23,6 @@ completion tokens (the first end-of-sequence token included), 0 on the padding a
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from moalign.generation import Prompt, chat_prompt
+from moalign.training.runs import claim_checkpoints, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -289,12 +289,11 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def run_fingerprint(settings: PPOSettings, prompts: Sequence[Prompt]) -> dict:
+def run_fingerprint(settings: PPOSettings, prompts: Sequence[Prompt]) -> str:
     """What decides whether an output_dir's checkpoints belong to this run (epochs excluded: a
     longer run continues a shorter one)."""
     trajectory = {k: v for k, v in asdict(settings).items() if k not in _NOT_FINGERPRINTED}
-    prompt_hash = hashlib.sha256(json.dumps(list(prompts), sort_keys=True, default=str).encode()).hexdigest()
-    return {"settings": trajectory, "num_prompts": len(prompts), "prompts_sha256": prompt_hash[:16]}
+    return fingerprint({"settings": trajectory, "prompts": list(prompts)})
 
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
@@ -304,20 +303,6 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints (state.json is written last), oldest first."""
     found = [p for p in output_dir.glob("checkpoint-*") if _CHECKPOINT.match(p.name) and (p / "state.json").exists()]
     return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
-
-
-def _reset_if_foreign(output_dir: Path, fingerprint: dict) -> None:
-    """Checkpoints of another run (other settings or prompts) are deleted, never resumed; only the
-    files train_ppo writes are touched."""
-    stamp = output_dir / "fingerprint.json"
-    if output_dir.exists() and (not stamp.exists() or json.loads(stamp.read_text()) != fingerprint):
-        stale = [p for p in output_dir.glob("checkpoint-*") if p.is_dir()]
-        if stale:
-            logger.warning("%s holds checkpoints of another PPO run: removing %d", output_dir, len(stale))
-        for path in stale:
-            shutil.rmtree(path)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(fingerprint, indent=1))
 
 
 def _save_checkpoint(output_dir: Path, round_index: int, policy, value_head, optimizer, state: dict, limit) -> None:
@@ -416,8 +401,10 @@ def train_ppo(
     if not prompts:
         raise ValueError("train_ppo needs at least one prompt")
     output_dir = Path(output_dir)
-    fingerprint = run_fingerprint(settings, prompts)
-    _reset_if_foreign(output_dir, fingerprint)
+    run_id = run_fingerprint(settings, prompts)
+    # the folder may be shared with the caller's own stamp (the online training's): only PPO's
+    # checkpoints belong to this run
+    claim_checkpoints(output_dir, run_id, stamp="ppo_fingerprint.txt", owned="checkpoint-*")
 
     if reference is None and not _is_peft(policy):
         reference = copy.deepcopy(policy)  # the policy as it enters: the starting model
@@ -504,6 +491,6 @@ def train_ppo(
             if on_log is not None:
                 on_log(entry)
         if step % settings.save_steps == 0 or step == total_rounds:
-            state = {"round": step, "history": history, "pending": pending, "fingerprint": fingerprint}
+            state = {"round": step, "history": history, "pending": pending, "fingerprint": run_id}
             _save_checkpoint(output_dir, step, policy, value_head, optimizer, state, settings.save_total_limit)
     return history

@@ -18,9 +18,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from moalign.control_tags import tag_prompt
 from moalign.data.schema import PreferenceRow
@@ -28,6 +29,7 @@ from moalign.dimensions import dimension_prompts
 from moalign.generation import chat_prompt
 from moalign.training.methods import Method, PairLogps, get_method
 from moalign.training.reference import phase_keys
+from moalign.training.runs import attach_lora, claim_checkpoints, fingerprint, run_phase, save_policy
 from moalign.weights import authors_code_weights, fixed_weights, gaussian_weights
 
 
@@ -311,20 +313,6 @@ def reference_logps(model, features: list[dict], collator, batch_size: int) -> l
 # the training run
 
 
-def _top_layers(model, top: int | None) -> list[int] | None:
-    if top is None:
-        return None
-    total = model.config.num_hidden_layers
-    return list(range(max(0, total - top), total))
-
-
-def _fingerprint(payload: dict) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class Phase:
     """One Trainer run of a schedule: most methods have one, SPO one per dimension, CPO two."""
@@ -380,60 +368,12 @@ def features_for(phase: Phase, tokenizer, dimensions: Sequence[str], max_length:
     return features
 
 
-def lora_config(model, lora):
-    """The peft adapters ``train.lora`` describes (moalign.config.LoraParams) for ``model``."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        # adapters on the top layers only: backward then stops there, which on a CPU roughly
-        # halves the step time; None adapts every layer
-        layers_to_transform=_top_layers(model, lora.top_layers),
-    )
-
-
-def _attach_lora(model, lora):
-    from peft import get_peft_model
-
-    return get_peft_model(model, lora_config(model, lora))
-
-
-def _reset_if_foreign(checkpoint_dir, fingerprint: str) -> None:
-    """Checkpoints of another configuration are deleted: never resume those."""
-    import shutil
-
-    stamp = checkpoint_dir / "fingerprint.txt"
-    if checkpoint_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-
-
 def run_fingerprint(rows: Sequence[PreferenceRow], model_dir, *, train, dimensions, dtype: str, seed: int) -> str:
     """Identity of a training run: checkpoints (and the MLflow run) of another fingerprint are never resumed."""
-    return _fingerprint(
+    return fingerprint(
         {"train": train.model_dump(), "dimensions": dimensions.model_dump(), "seed": seed,
          "rows": [r.id for r in rows], "model": str(model_dir), "dtype": dtype}
     )
-
-
-class _ForwardLogs(TrainerCallback):
-    """Hands each Trainer log entry to ``on_log`` with its phase and a step counted across phases."""
-
-    def __init__(self, on_log: Callable[[dict], None], phase: str, step_offset: int):
-        self.forward, self.phase, self.step_offset = on_log, phase, step_offset
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.entry({**logs, "step": state.global_step})
-
-    def entry(self, logs: dict) -> None:
-        """Forward one entry whose ``step`` counts within the phase (also for loops without callbacks)."""
-        self.forward({**logs, "phase": self.phase, "step": self.step_offset + logs["step"]})
 
 
 def _reference_scores(model, phase: Phase, features, collator, batch_size: int, cache) -> list[tuple[float, float]]:
@@ -469,7 +409,6 @@ def train_policy(
     computed). ``on_log`` receives every log entry as it is made. Returns the log history (one dict
     per logging step, tagged with its phase, ``step`` counted across phases).
     """
-    import json
     from pathlib import Path
 
     from transformers import set_seed
@@ -479,13 +418,12 @@ def train_policy(
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
     checkpoint_dir = Path(checkpoint_dir)
-    _reset_if_foreign(
+    claim_checkpoints(
         checkpoint_dir, run_fingerprint(rows, model_dir, train=train, dimensions=dimensions, dtype=dtype, seed=seed)
     )
     phases = plan_phases(rows, train, dimensions)
     collator = PairCollator(tokenizer.pad_token_id)
     history: list[dict] = []
-    step_offset = 0
     previous: dict[tuple[str, str], float] = {}  # SPO: (pair id, response) -> s under the last reference
     for index, phase in enumerate(phases):
         phase_dir = checkpoint_dir if len(phases) == 1 else checkpoint_dir / f"phase-{index}-{phase.name}"
@@ -502,44 +440,14 @@ def train_policy(
                 if phase.margin_from_previous:
                     feature["prev_margin"] = _previous_margin(row, current, previous, train.beta)
             previous = current
-        done = phase_dir / "final"
-        # train_log.json is written after the weights: its presence means the phase was saved whole
-        if len(phases) > 1 and (done / "train_log.json").exists():
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(done, dtype=model.dtype).to(model.device)
-            phase_history = json.loads((done / "train_log.json").read_text())
-        else:
-            phase_callbacks = list(callbacks)
-            if on_log is not None:
-                phase_callbacks.append(_ForwardLogs(on_log, phase.name, step_offset))
-            model, phase_history = _run_phase(
-                phase, model, features, collator, phase_dir, train=train, dimensions=dimensions,
-                dtype=dtype, seed=seed, callbacks=phase_callbacks,
-            )
-            phase_history = [
-                {**entry, "phase": phase.name, "step": step_offset + entry.get("step", 0)} for entry in phase_history
-            ]
-            if len(phases) > 1 and index < len(phases) - 1:
-                model.save_pretrained(done, safe_serialization=True)
-                (done / "train_log.json").write_text(json.dumps(phase_history))
-        history.extend(phase_history)
-        step_offset = max([step_offset, *(entry["step"] for entry in phase_history)])
+        run = partial(_run_phase, phase, model, features, collator, phase_dir, train=train, dimensions=dimensions,
+                      dtype=dtype, seed=seed, callbacks=callbacks)
+        # every phase but the last is kept: the next one starts from it, and a rerun skips it
+        model = run_phase(phase.name, phase_dir, history, run, on_log=on_log,
+                          keep=index < len(phases) - 1, dtype=model.dtype, device=model.device)
 
     save_policy(model, tokenizer, out_dir, history)
     return history
-
-
-def save_policy(model, tokenizer, out_dir, history: list[dict]) -> None:
-    """The trained policy as a plain HF directory, with its log history in ``train_log.json``."""
-    import json
-    from pathlib import Path
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "train_log.json").write_text(json.dumps(history, indent=1))
 
 
 def _previous_margin(row: PreferenceRow, current: dict, previous: dict, beta: float) -> float:
@@ -551,8 +459,9 @@ def _previous_margin(row: PreferenceRow, current: dict, previous: dict, beta: fl
     return chosen - rejected
 
 
-def _run_phase(phase: Phase, model, features, collator, phase_dir, *, train, dimensions, dtype, seed, callbacks):
-    """One Trainer run; returns the (LoRA-merged) model and the phase's log history."""
+def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, train, dimensions, dtype, seed, callbacks):
+    """One Trainer run; returns the (LoRA-merged) model and the phase's log history. ``forward`` (a
+    :class:`~moalign.training.runs.ForwardLogs` or None) joins ``callbacks``."""
     from datasets import Dataset
     from transformers import TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -560,7 +469,7 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, *, train, dim
     from moalign.models import pick_device, resolve_dtype
 
     if train.lora.enabled:
-        model = _attach_lora(model, train.lora)
+        model = attach_lora(model, train.lora)
     phase_dir.mkdir(parents=True, exist_ok=True)
     torch_dtype = resolve_dtype(dtype, pick_device())
     args = TrainingArguments(
@@ -591,7 +500,7 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, *, train, dim
         objective=Objective(
             method=phase.method, params=train, dimensions=objective_dimensions(train, dimensions.names)
         ),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *([forward] if forward is not None else [])],
     )
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(phase_dir)))
     final = trainer.model.merge_and_unload() if train.lora.enabled else trainer.model

@@ -1,0 +1,141 @@
+"""The bookkeeping every training run shares: the offline preference methods (``preference.py``), the
+online ones (``online.py``), moalign's PPO (``ppo.py``) and the reward model (``rewards/training.py``).
+
+* A checkpoint folder is *claimed* by a run's fingerprint: checkpoints written under another
+  fingerprint (other data or settings) are deleted, never resumed.
+* A run of several phases (SPO's rounds, CPO's SFT then DPO, Rewarded Soups' ingredients) saves each
+  finished phase's weights, so a rerun after a crash skips the phases it already finished.
+* Log entries carry their phase and a step counted across phases, both in the returned history and
+  as they are forwarded live (to MLflow, by the train_policy component).
+* LoRA adapters as ``train.lora`` describes them, and the final policy as a plain HF folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+FINISHED_LOG = "train_log.json"
+
+
+def fingerprint(payload) -> str:
+    """A short hash of a JSON-serialisable description of a run: equal payloads, equal fingerprints."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim_checkpoints(directory, run_fingerprint: str, *, stamp: str = "fingerprint.txt", owned: str = "*") -> None:
+    """Make ``directory`` hold checkpoints of the run ``run_fingerprint`` only.
+
+    When its ``stamp`` file names another run (or is missing from a folder that exists), the entries
+    matching the glob ``owned`` are deleted first: everything by default, or only the run's own
+    files where the folder is shared (moalign's PPO writes ``checkpoint-*`` into a folder that the
+    online training's own stamp also claims).
+    """
+    directory = Path(directory)
+    marker = directory / stamp
+    if directory.exists() and (not marker.exists() or marker.read_text() != run_fingerprint):
+        stale = list(directory.glob(owned))
+        if stale:
+            logger.warning("%s holds checkpoints of another run: removing %d entries", directory, len(stale))
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_fingerprint)
+
+
+class ForwardLogs(TrainerCallback):
+    """Hands each log entry to ``on_log`` with its phase and a step counted across phases."""
+
+    def __init__(self, on_log: Callable[[dict], None], phase: str, step_offset: int):
+        self.forward, self.phase, self.step_offset = on_log, phase, step_offset
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.entry({**logs, "step": state.global_step})
+
+    def entry(self, logs: dict) -> None:
+        """Forward one entry whose ``step`` counts within the phase (also for loops without callbacks)."""
+        self.forward({**logs, "phase": self.phase, "step": self.step_offset + logs["step"]})
+
+
+def run_phase(
+    name: str,
+    phase_dir: Path,
+    history: list[dict],
+    train: Callable[[ForwardLogs | None], tuple[object, list[dict]]],
+    *,
+    on_log: Callable[[dict], None] | None,
+    keep: bool,
+    dtype,
+    device=None,
+):
+    """Run one phase of a training run and return its trained model; its log entries are appended to
+    ``history``, tagged with ``name`` and with steps continuing after the last entry there.
+
+    ``train(forward)`` does the work and returns ``(model, log history)``; ``forward`` (None without
+    ``on_log``) passes entries on live. With ``keep`` the finished phase's weights and log are saved
+    under ``phase_dir/final``, and a rerun loads them instead of training again.
+    """
+    from transformers import AutoModelForCausalLM
+
+    done = Path(phase_dir) / "final"
+    # the log is written after the weights: its presence means the phase was saved whole
+    if keep and (done / FINISHED_LOG).exists():
+        logger.info("phase %s finished in an earlier run: loading %s", name, done)
+        model = AutoModelForCausalLM.from_pretrained(done, dtype=dtype)
+        history.extend(json.loads((done / FINISHED_LOG).read_text()))
+        return model.to(device) if device is not None else model
+    step_offset = max((entry["step"] for entry in history), default=0)
+    model, entries = train(ForwardLogs(on_log, name, step_offset) if on_log is not None else None)
+    entries = [{**entry, "phase": name, "step": step_offset + entry.get("step", 0)} for entry in entries]
+    if keep:
+        model.save_pretrained(done, safe_serialization=True)
+        (done / FINISHED_LOG).write_text(json.dumps(entries))
+    history.extend(entries)
+    return model
+
+
+def _top_layers(model, top: int | None) -> list[int] | None:
+    if top is None:
+        return None
+    total = model.config.num_hidden_layers
+    return list(range(max(0, total - top), total))
+
+
+def lora_config(model, lora):
+    """The peft adapters ``train.lora`` describes (moalign.config.LoraParams) for ``model``."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        # adapters on the top layers only: backward then stops there, which on a CPU roughly
+        # halves the step time; None adapts every layer
+        layers_to_transform=_top_layers(model, lora.top_layers),
+    )
+
+
+def attach_lora(model, lora):
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, lora))
+
+
+def save_policy(model, tokenizer, out_dir, history: list[dict]) -> None:
+    """The trained policy as a plain HF directory, with its log history in ``train_log.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / FINISHED_LOG).write_text(json.dumps(history, indent=1))
