@@ -48,7 +48,7 @@ def main(
     rows = read_jsonl(pairs, PreferenceRow)
     if not rows:
         raise typer.BadParameter(f"{pairs} holds no pairs: nothing to train on (see the validate stage's quarantine)")
-    log.info("%s on %d pairs x %d dimensions", config.train.method, len(rows), len(config.dimensions.names))
+    log.info("%s: %d train pairs, dimensions %s", config.train.method, len(rows), ", ".join(config.dimensions.names))
     section = config.register_
     experiment_id = registry.configure(section.tracking_uri, section.experiment)
     fingerprint = run_fingerprint(

@@ -67,7 +67,10 @@ def main(
     write_json(metrics, results)
     for split in ("train", "eval"):
         for d, entry in results[split].items():
-            log.info("%s %s: accuracy %s, ECE %s (n=%d)", split, d, entry["accuracy"], entry["ece"], entry["n"])
+            if entry["n"]:
+                log.info("%s %s: accuracy %.3f, ECE %.3f (n=%d)", split, d, entry["accuracy"], entry["ece"], entry["n"])
+            else:
+                log.info("%s %s: no example has this dimension scored", split, d)
     if register:
         from moalign import registry
 
