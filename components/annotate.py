@@ -6,8 +6,9 @@ loads your pairs (``data.format``) and has the judge score only the dimensions t
 
 Writes ``pairs.jsonl`` (preference rows, train and eval prompts), ``candidates.jsonl`` (every scored
 response, for audit) and ``stats.json`` (counts, including prompts that yielded no pair and why).
-Judge calls are cached (``judge.cache_path``): a killed or over-budget run resumes without
-repeating one.
+Judge calls are cached (``judge.cache_path``) and sampled candidates journaled (``--journal``): a
+killed or over-budget run resumes without repeating either, and samples what an uninterrupted run
+would have.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main(
     tasks: Path = typer.Option(..., help="Prompt pool of the embedded task (data/task/prompts.jsonl)."),
     model: Path = typer.Option(..., help="Policy that samples the embedded task's candidates (models/base)."),
     out: Path = typer.Option(..., help="Output folder (data/annotated)."),
+    journal: Path = typer.Option(
+        Path("cache/generations/annotate.jsonl"), help="Sampled candidates, appended batch by batch: a rerun "
+        "samples only the batches it lacks."
+    ),
     params: Path = PARAMS_OPTION,
 ) -> None:
     config = stage_params(params)
@@ -43,7 +48,7 @@ def main(
             if config.data.source == "file":
                 rows, audit, stats = annotate_file(config, judge, log)
             else:
-                rows, audit, stats = annotate_embedded(config, tasks, model, judge, log)
+                rows, audit, stats = annotate_embedded(config, tasks, model, judge, log, journal)
     except BudgetExhausted as error:
         typer.secho(f"{error}. Every answer so far is cached in {config.judge.cache_path}: rerun to go on.",
                     fg=typer.colors.RED, err=True)
@@ -57,10 +62,10 @@ def main(
     log.info("%d pairs; skipped: %s", len(rows), stats.get("skipped") or "none")
 
 
-def annotate_embedded(config, tasks: Path, model: Path, judge, log):
+def annotate_embedded(config, tasks: Path, model: Path, judge, log, journal: Path):
     from moalign.annotation import annotate
     from moalign.data.schema import TaskPrompt, read_jsonl
-    from moalign.generation import DecodingConfig, generate
+    from moalign.generation import DecodingConfig, generate_resumable, model_fingerprint
     from moalign.models import load_model_and_tokenizer
 
     section = config.annotate
@@ -77,9 +82,16 @@ def annotate_embedded(config, tasks: Path, model: Path, judge, log):
         seed=config.seed,
     )
     log.info("sampling %d candidates for %d prompts", section.candidates_per_prompt, len(chosen))
-    rows, audit, stats = annotate(
-        chosen, lambda prompts: generate(policy, tokenizer, prompts, decoding, "annotate"), judge, SOURCE
-    )
+    model_id = model_fingerprint(model)
+
+    def sample(prompts: list[str]) -> list[list[str]]:
+        # annotate() asks for the chosen tasks' prompts in order: the task ids key the journal
+        keyed = dict(zip((task.id for task in chosen), prompts, strict=True))
+        done = generate_resumable(policy, tokenizer, keyed, decoding, journal, model_id=model_id,
+                                  description="annotate")
+        return [done[key] for key in keyed]
+
+    rows, audit, stats = annotate(chosen, sample, judge, SOURCE)
     return rows, audit, stats.as_dict()
 
 
@@ -106,7 +118,13 @@ def select_prompts(pool, n_train: int, n_eval: int):
     for name, have, want in (("train", train, n_train), ("eval", held_out, n_eval)):
         if want > len(have):
             raise typer.BadParameter(f"annotate.n_{name}_prompts={want} but the pool has {len(have)} {name} prompts")
-    return train[:n_train] + held_out[:n_eval]
+    chosen = train[:n_train] + held_out[:n_eval]
+    seen: set[str] = set()
+    for task in chosen:
+        if task.id in seen:
+            raise typer.BadParameter(f"prompt id {task.id!r} appears twice in the prompt pool")
+        seen.add(task.id)
+    return chosen
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,11 +59,15 @@ def generate(
     config: DecodingConfig,
     description: str = "generating",
     on_batch: Callable[[dict[int, list[str]]], None] | None = None,
+    done: Collection[int] = (),
 ) -> list[list[str]]:
     """Return, for each prompt, ``config.num_return_sequences`` completions (special tokens removed).
 
     ``on_batch`` receives each finished batch as {prompt position: completions}, so a caller can
-    save progress as it goes (:func:`generate_resumable`).
+    save progress as it goes (:func:`generate_resumable`). ``done``: positions the caller already
+    has answers for; a batch made only of those is skipped (its prompts get ``[]``) but keeps its
+    number, so the batches and their seeds, and with them the samples, are those of a run that was
+    never interrupted.
     """
     model.eval()
     texts = [chat_prompt(tokenizer, p) for p in prompts]
@@ -74,7 +78,9 @@ def generate(
     tokenizer.padding_side = "left"
     try:
         batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        for batch_number, batch in enumerate(tqdm(batches, desc=description, unit="batch")):
+        done = set(done)
+        todo = [(number, batch) for number, batch in enumerate(batches) if not done.issuperset(batch)]
+        for batch_number, batch in tqdm(todo, desc=description, unit="batch"):
             encoded = tokenizer(
                 [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(model.device)
@@ -140,13 +146,19 @@ def generate_resumable(
     description: str = "generating",
 ) -> dict[str, list[str]]:
     """:func:`generate` for {prompt id: prompt}, journaled: each batch is appended to ``journal``
-    (and flushed) as it finishes, and a rerun generates only the prompts the journal lacks for
-    this ``model_id`` (e.g. :func:`model_fingerprint`) and decoding config."""
+    (and flushed) as it finishes, and a rerun generates only the batches the journal lacks for
+    this ``model_id`` (e.g. :func:`model_fingerprint`) and decoding config. With sampling, the
+    resumed run's samples are those an uninterrupted run would have drawn."""
     journal = Path(journal)
-    fingerprint = hashlib.sha256(json.dumps([model_id, asdict(config)], sort_keys=True).encode()).hexdigest()[:16]
+    keys = list(prompts)
+    identity = [model_id, asdict(config)]
+    if config.do_sample:
+        # a sample depends on its batch (the batch's seed, its other prompts): only the same prompt
+        # list draws it again, so another list starts a journal of its own
+        identity.append([[key, prompts[key]] for key in keys])
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     done = _read_journal(journal, fingerprint)
-    todo = [key for key in prompts if key not in done]
-    if todo:
+    if any(key not in done for key in keys):
         journal.parent.mkdir(parents=True, exist_ok=True)
         cut_short = journal.exists() and journal.stat().st_size and not journal.read_bytes().endswith(b"\n")
         with journal.open("a", encoding="utf-8") as handle:
@@ -155,11 +167,14 @@ def generate_resumable(
 
             def save(batch: dict[int, list[str]]) -> None:
                 for position, completions in batch.items():
-                    key = todo[position]
+                    key = keys[position]
                     done[key] = completions
                     handle.write(json.dumps({"id": key, "fingerprint": fingerprint, "completions": completions}) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
 
-            generate(model, tokenizer, [prompts[key] for key in todo], config, description, on_batch=save)
+            # every prompt goes in, the journaled ones marked done: the batches are planned as in an
+            # uninterrupted run, so a resumed sampling run draws the same samples
+            generate(model, tokenizer, [prompts[key] for key in keys], config, description, on_batch=save,
+                     done={position for position, key in enumerate(keys) if key in done})
     return {key: done[key] for key in prompts}

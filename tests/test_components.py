@@ -101,3 +101,48 @@ def test_evaluate_runs_ifbench_and_resumes_from_its_journal(tmp_path, tiny_model
     assert runner.invoke(evaluate.app, args).exit_code == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "gen").iterdir()} == before
     assert json.loads((tmp_path / "m.json").read_text())["ifbench"] == metrics["ifbench"]
+
+
+def test_a_killed_annotate_samples_only_what_it_lacks_and_the_same_candidates(tmp_path, tiny_model_dir, monkeypatch):
+    import json
+
+    from components import annotate
+    from moalign import generation
+
+    tasks = tmp_path / "prompts.jsonl"
+    tasks.write_text("".join(
+        json.dumps({"id": f"t{i}", "split": split, "category": "arithmetic", "prompt": f"What is {i} + {i}?",
+                    "checks": {"answer": 2 * i}}) + "\n"
+        for i, split in enumerate(["train", "train", "train", "eval"])
+    ))
+    params = write_params(tmp_path, annotate={"n_train_prompts": 3, "n_eval_prompts": 1, "candidates_per_prompt": 2,
+                                              "max_new_tokens": 4, "batch_size": 2},
+                          judge={"cache_path": str(tmp_path / "judge.sqlite")})
+    journal = tmp_path / "gen" / "annotate.jsonl"
+
+    def run(out):
+        args = ["--tasks", str(tasks), "--model", str(tiny_model_dir), "--out", str(tmp_path / out),
+                "--journal", str(journal), "--params", str(params)]
+        result = runner.invoke(annotate.app, args)
+        assert result.exit_code == 0, result.output
+        return (tmp_path / out / "candidates.jsonl").read_text()
+
+    straight = run("straight")
+    texts = [json.loads(line)["text"] for line in straight.splitlines()]
+    assert len(set(texts)) > 1, "the samples must differ, or equal reruns prove nothing"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 4  # one prompt per batch (2 candidates each), journaled as they finish
+    journal.write_text("\n".join(lines[:2]) + "\n")  # killed after two batches
+    sampled = []
+    real = generation.generate
+
+    def spy(*args, on_batch=None, **kwargs):
+        def record(batch):
+            sampled.extend(batch)
+            on_batch(batch)
+
+        return real(*args, on_batch=record, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    assert run("resumed") == straight
+    assert len(sampled) == 2, "the two journaled prompts must not be sampled again"

@@ -144,13 +144,13 @@ def _expected(ours: str, theirs: str, ties: bool) -> str:
     return "win" if len(ours) < len(theirs) else "loss"
 
 
-def varied_answers(model, tokenizer, prompts, config, description="", on_batch=None):
+def varied_answers(model, tokenizer, prompts, config, description="", on_batch=None, done=()):
     """Stands in for generation: the tiny random model answers every prompt with an empty string,
     which would leave every comparison a tie. These answers differ in length per model and prompt."""
     import hashlib
 
     results = []
-    for prompt in prompts:
+    for prompt in prompts:  # the journaled ones (``done``) too: answers are a function of the prompt
         # the folder's name, not its path: the same answers in every test session
         digest = hashlib.sha256(f"{Path(model.name_or_path).name}|{prompt}".encode()).digest()
         results.append([" ".join(["word"] * (2 + digest[0] % 9))])  # 9 to 53 characters

@@ -28,13 +28,16 @@ def test_a_killed_run_resumes_with_only_the_missing_prompts(tiny, tiny_model_dir
     asked = []
     real = generation.generate
 
-    def spy(model, tokenizer, prompts, config, description="", on_batch=None):
-        asked.extend(prompts)
-        return real(model, tokenizer, prompts, config, description, on_batch=on_batch)
+    def spy(model, tokenizer, prompts, config, description="", on_batch=None, done=()):
+        def record(batch):
+            asked.extend(prompts[position] for position in batch)
+            on_batch(batch)
+
+        return real(model, tokenizer, prompts, config, description, on_batch=record, done=done)
 
     monkeypatch.setattr(generation, "generate", spy)
     resumed = generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id=model_id)
-    assert len(asked) == 2  # the first prompt came from the journal
+    assert len(asked) == 2  # the first batch came from the journal
     assert resumed == straight  # greedy: the same answers as the uninterrupted run
     asked.clear()
     assert generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id=model_id) == straight
@@ -42,6 +45,30 @@ def test_a_killed_run_resumes_with_only_the_missing_prompts(tiny, tiny_model_dir
     # another model (or decoding) never reuses these answers
     generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id="retrained")
     assert len(asked) == 3
+
+
+def test_a_resumed_sampling_run_draws_the_uninterrupted_runs_samples(tiny, tiny_model_dir, tmp_path):
+    model, tokenizer = tiny
+    config = DecodingConfig(max_new_tokens=6, do_sample=True, temperature=1.5, num_return_sequences=2,
+                            batch_size=1, seed=3)
+    straight = generate_resumable(model, tokenizer, PROMPTS, config, tmp_path / "straight.jsonl", model_id="m")
+    assert len({c for cs in straight.values() for c in cs}) > 1, "sampling must vary, or this test proves nothing"
+    journal = tmp_path / "gen.jsonl"
+    generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id="m")
+    # killed after the last batch: only it is sampled again (a fresh run would draw batch 0's samples)
+    journal.write_text("\n".join(journal.read_text().splitlines()[:-1]) + "\n")
+    assert generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id="m") == straight
+
+
+def test_sampled_answers_of_another_prompt_list_are_not_reused(tiny, tmp_path):
+    model, tokenizer = tiny
+    config = DecodingConfig(max_new_tokens=4, do_sample=True, batch_size=2)
+    journal = tmp_path / "gen.jsonl"
+    generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id="m")
+    fewer = {key: PROMPTS[key] for key in ("a", "b")}
+    generate_resumable(model, tokenizer, fewer, config, journal, model_id="m")
+    # with "c" gone the batches (and their seeds) differ: "a" and "b" are sampled again
+    assert len(journal.read_text().splitlines()) == 5
 
 
 def test_fingerprint_follows_the_weights(tiny_model_dir, tmp_path):
