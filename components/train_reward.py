@@ -51,7 +51,8 @@ def main(
         raise typer.BadParameter(f"{pairs} holds no pairs: nothing to train the reward model on")
     log.info("%d training responses, %d eval; heads %s", len(train), len(held_out),
              ", ".join(f"{d}({n})" for d, n in zip(dims, classes)))
-    reward_model = MultiHeadRewardModel.from_backbone(model, dims, classes, dtype=resolve_dtype(config.model.dtype))
+    reward_model = MultiHeadRewardModel.from_backbone(model, dims, classes, dtype=resolve_dtype(config.model.dtype),
+                                                      seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model)
     results = train_reward_model(
         reward_model, tokenizer, train, held_out, output_dir=checkpoints, learning_rate=section.learning_rate,

@@ -365,3 +365,13 @@ def test_training_resumes_from_the_last_checkpoint(tiny_model_dir, tokenizer, tm
         _model(tiny_model_dir, seed=2), tokenizer, examples, examples, **other, callbacks=[logs]
     )
     assert logs.steps == [1, 2]
+
+
+def test_fresh_heads_depend_on_the_seed_alone(tiny_model_dir):
+    first = MultiHeadRewardModel.from_backbone(tiny_model_dir, ["a", "b"], [3, 2], seed=1)
+    torch.rand(5)  # the global generator's state must not matter
+    again = MultiHeadRewardModel.from_backbone(tiny_model_dir, ["a", "b"], [3, 2], seed=1)
+    other = MultiHeadRewardModel.from_backbone(tiny_model_dir, ["a", "b"], [3, 2], seed=2)
+    for mine, same, different in zip(first.heads, again.heads, other.heads):
+        assert torch.equal(mine.weight, same.weight)
+        assert not torch.equal(mine.weight, different.weight)

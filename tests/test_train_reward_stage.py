@@ -74,3 +74,21 @@ def test_train_reward_stage_writes_model_stats_metrics_and_registers(stage_run: 
     assert scored["harmlessness"].between(1, 2).all() and scored["correctness"].between(1, 5).all()
     # the tagged prompt gets Eq. 11's reward, the untagged one none
     assert scored["moslim_mapped_reward"].notna().tolist() == [True, False]
+
+
+def test_a_fresh_rerun_trains_the_same_reward_model(stage_run: Path, tiny_model_dir: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from components.train_reward import app
+
+    torch.rand(7)  # whatever drew random numbers before must not matter
+    args = ["--pairs", "train.jsonl", "--eval-pairs", "eval.jsonl", "--model", str(tiny_model_dir),
+            "--out", "again/reward", "--metrics", "again/reward.json", "--checkpoints", "again/ckpt", "--no-register"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    first, second = (load_file(stage_run / d / "heads.safetensors") for d in ("models/reward", "again/reward"))
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert (stage_run / "again/reward.json").read_text() == (stage_run / "metrics/reward.json").read_text()

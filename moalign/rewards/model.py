@@ -193,16 +193,20 @@ class MultiHeadRewardModel(nn.Module):
         n_classes: Sequence[int],
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
+        seed: int = 0,
     ) -> MultiHeadRewardModel:
         """Fresh heads on the base model of an HF directory (a causal LM directory works: its LM head
-        is dropped)."""
+        is dropped). The heads' initial weights come from ``seed`` alone, so a rerun trains the same
+        model whatever drew random numbers before (the global generator is left as it was)."""
         from transformers import AutoModel
 
         from moalign.models import require_model_dir
 
         require_model_dir(model_dir, made_by="the prepare_model stage")
         backbone = AutoModel.from_pretrained(model_dir, dtype=dtype)
-        model = cls(backbone, dimensions, n_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(backbone, dimensions, n_classes)
         return model.to(device) if device is not None else model
 
     def save(self, directory: str | os.PathLike[str], tokenizer=None) -> Path:
