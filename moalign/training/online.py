@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from moalign.data.schema import PreferenceRow
-from moalign.training.runs import attach_lora, claim_checkpoints, lora_config, run_phase, save_policy
+from moalign.training.runs import attach_lora, claim_checkpoints, last_step, lora_config, run_phase, save_policy
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def train_online(
     if len(policies) > 1:
         weights = uniform(online.soup_weights, k)
         model.load_state_dict(average_state_dicts(policies, weights))
-        last_step = max((entry["step"] for entry in history), default=0)
-        history.append({"phase": "soup", "step": last_step, **{f"soup_weight/{d}": w for d, w in zip(dimensions, weights)}})
+        history.append({"phase": "soup", "step": last_step(history),
+                        **{f"soup_weight/{d}": w for d, w in zip(dimensions, weights)}})
     save_policy(model, tokenizer, out_dir, history)
     return history

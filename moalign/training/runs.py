@@ -66,6 +66,11 @@ class ForwardLogs(TrainerCallback):
         self.forward({**logs, "phase": self.phase, "step": self.step_offset + logs["step"]})
 
 
+def last_step(history: list[dict]) -> int:
+    """The step of the newest entry of a history whose steps count across phases (0 when empty)."""
+    return max((entry["step"] for entry in history), default=0)
+
+
 def run_phase(
     name: str,
     phase_dir: Path,
@@ -93,7 +98,7 @@ def run_phase(
         model = AutoModelForCausalLM.from_pretrained(done, dtype=dtype)
         history.extend(json.loads((done / FINISHED_LOG).read_text()))
         return model.to(device) if device is not None else model
-    step_offset = max((entry["step"] for entry in history), default=0)
+    step_offset = last_step(history)
     model, entries = train(ForwardLogs(on_log, name, step_offset) if on_log is not None else None)
     entries = [{**entry, "phase": name, "step": step_offset + entry.get("step", 0)} for entry in entries]
     if keep:
