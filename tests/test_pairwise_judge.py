@@ -358,6 +358,8 @@ def test_open_judges_opens_pairwise_judge_and_rater_on_one_endpoint(serve, tmp_p
         assert isinstance(judges.scorer, LLMJudge) and judges.scorer.cache.path == judge.cache.path
     with pytest.raises(sqlite3.ProgrammingError):
         len(judge.cache)  # closed with the set
+    with open_judge(params, ["helpfulness"]) as scorer:
+        assert isinstance(scorer, LLMJudge)
     with open_judges(JudgeParams(cache_path=str(tmp_path / "x.sqlite")), ["helpfulness"]) as judges:
         with pytest.raises(ValueError, match="needs an LLM judge"):
             judges.pairwise()
