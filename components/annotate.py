@@ -91,7 +91,7 @@ def annotate_embedded(config, tasks: Path, model: Path, judge, log, journal: Pat
                                   description="annotate")
         return [done[key] for key in keyed]
 
-    rows, audit, stats = annotate(chosen, sample, judge, SOURCE)
+    rows, audit, stats = annotate(chosen, sample, judge, SOURCE, section.pairing, section.max_pairs_per_prompt)
     return rows, audit, stats.as_dict()
 
 

@@ -25,7 +25,8 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     tasks: Path = typer.Option(..., help="Prompt pool (data/task/prompts.jsonl); its eval split is used."),
     eval_pairs: Path = typer.Option(
-        None, help="Validated eval pairs (data/validated/eval.jsonl): their prompts when data.source is 'file'."
+        None, help="Validated eval pairs (data/validated/eval.jsonl): held-out preference accuracy and margin "
+        "per dimension of both models, and the prompts to answer when data.source is 'file'."
     ),
     policy: Path = typer.Option(..., help="Trained policy (models/policy)."),
     reference: Path = typer.Option(..., help="Reference policy (models/base)."),
@@ -40,7 +41,7 @@ def main(
     config = stage_params(params)
     setup_logging("evaluate")
     from moalign.data.schema import write_json, write_jsonl
-    from moalign.evaluation.run import generate_answers, judge_answers, plan_evaluation
+    from moalign.evaluation.run import generate_answers, judge_answers, plan_evaluation, preference_accuracy
     from moalign.judges import open_judges
 
     held_out = held_out_prompts(config, tasks, eval_pairs)[: config.evaluate.n_prompts]
@@ -51,6 +52,10 @@ def main(
     answers = generate_answers(config, plan, models, generations)
     with open_judges(config.judge, config.dimensions.names) as judges:
         rows, results = judge_answers(config, plan, answers, judges, out.parent)
+    if eval_pairs is not None:
+        from moalign.data.schema import PreferenceRow, read_jsonl
+
+        results["heldout_preference"] = preference_accuracy(config, read_jsonl(eval_pairs, PreferenceRow), models)
     write_jsonl(out, rows)
     write_json(metrics, results)
     print_table(results, config.dimensions.names)
@@ -89,9 +94,13 @@ def print_table(results: dict, dimensions) -> None:
     table.add_column("metric")
     table.add_column("policy", justify="right")
     table.add_column("reference", justify="right")
+    table.add_column("Δ [95% CI]", justify="right")
+    changes = results.get("score_changes", {})
     for d in dimensions:
-        table.add_row(d, _cell(results["policy"]["scores"][d]), _cell(results["reference"]["scores"][d]))
-    table.add_row("mean score", _cell(results["policy"]["mean_score"]), _cell(results["reference"]["mean_score"]))
+        table.add_row(d, _cell(results["policy"]["scores"][d]), _cell(results["reference"]["scores"][d]),
+                      _change_cell(changes.get(d)))
+    table.add_row("mean score", _cell(results["policy"]["mean_score"]), _cell(results["reference"]["mean_score"]),
+                  _change_cell(changes.get("mean_score")))
     table.add_row("avg words", _cell(results["policy"]["avg_words"], 1), _cell(results["reference"]["avg_words"], 1))
     wr = results["win_rate_vs_reference"]
     table.add_row("win rate vs reference", _win_rate_cell(wr), f"W{wr['wins']} T{wr['ties']} L{wr['losses']}")
@@ -120,7 +129,18 @@ def print_table(results: dict, dimensions) -> None:
     if "controllability" in results:
         for d, entry in results["controllability"]["dimensions"].items():
             table.add_row(f"controllability ρ ({d})", _cell(entry["spearman"]), "")
+    preference = results.get("heldout_preference")
+    if preference:
+        for name, key in [("plain prompt", "rewards/accuracies"), *((d, f"{d}/accuracy") for d in dimensions)]:
+            table.add_row(f"held-out pair accuracy ({name})", _cell(preference["policy"].get(key)),
+                          _cell(preference["reference"].get(key)))
     Console(stderr=True).print(table)
+
+
+def _change_cell(change) -> str:
+    if not change or change.get("delta") is None:
+        return ""
+    return f"{change['delta']:+.2f} [{change['ci95_low']:+.2f}, {change['ci95_high']:+.2f}]"
 
 
 if __name__ == "__main__":

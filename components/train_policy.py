@@ -22,6 +22,10 @@ RUN_FILE = "mlflow_run.json"  # the training's MLflow run id, for the register s
 @app.command()
 def main(
     pairs: Path = typer.Option(..., help="Validated train pairs (data/validated/train.jsonl)."),
+    eval_pairs: Path = typer.Option(
+        None, help="Validated eval pairs (data/validated/eval.jsonl): held-out preference accuracy and margin "
+        "per dimension before training, every train.eval_steps and at the end (offline methods)."
+    ),
     model: Path = typer.Option(..., help="Starting policy (models/base)."),
     out: Path = typer.Option(..., help="Output model directory (models/policy)."),
     curves: Path = typer.Option(..., help="Per-step training metrics for dvc plots."),
@@ -84,6 +88,7 @@ def main(
                 train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=config.seed,
                 reference_cache=load_reference(reference, max_length=config.train.max_length) if reference else None,
                 on_log=registry.StepMetricLogger(run_id),
+                eval_rows=read_jsonl(eval_pairs, PreferenceRow) if eval_pairs else (),
             )
     except BaseException:
         # not FINISHED: a rerun resumes the checkpoint and continues this run

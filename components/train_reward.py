@@ -69,7 +69,9 @@ def main(
     for split in ("train", "eval"):
         for d, entry in results[split].items():
             if entry["n"]:
-                log.info("%s %s: accuracy %.3f, ECE %.3f (n=%d)", split, d, entry["accuracy"], entry["ece"], entry["n"])
+                floor = entry["majority_baseline"]
+                log.info("%s %s: accuracy %.3f (always the majority class: %s), ECE %.3f (n=%d)", split, d,
+                         entry["accuracy"], "—" if floor is None else f"{floor:.3f}", entry["ece"], entry["n"])
             else:
                 log.info("%s %s: no example has this dimension scored", split, d)
     if register:

@@ -1,4 +1,4 @@
-"""On-policy preference pairs: sample candidates, score them with a judge, pair best against worst.
+"""On-policy preference pairs: sample candidates, score them with a judge, pair them.
 
 As in the SimPO/AMoPO pipelines, the candidates come from the policy being aligned, so the pairs
 sit where that policy puts its probability mass. The pairing rule is a pure function
@@ -23,6 +23,7 @@ class AnnotationStats:
     prompts: int = 0
     candidates: int = 0
     pairs: int = 0
+    paired_prompts: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count, so no prompt vanishes unseen
 
     def as_dict(self) -> dict:
@@ -30,8 +31,24 @@ class AnnotationStats:
             "prompts": self.prompts,
             "candidates": self.candidates,
             "pairs": self.pairs,
+            "paired_prompts": self.paired_prompts,
             "skipped": dict(sorted(self.skipped.items())),
         }
+
+
+PAIRINGS = ("best_vs_worst", "all_separated")
+
+
+def _row(task: TaskPrompt, pair_id: str, chosen: tuple[str, Scores], rejected: tuple[str, Scores], source: str):
+    return PreferenceRow(
+        id=pair_id,
+        source=source,
+        prompt_id=task.id,
+        split=task.split,
+        prompt=task.prompt,
+        chosen=ScoredResponse(text=chosen[0], scores=dict(chosen[1])),
+        rejected=ScoredResponse(text=rejected[0], scores=dict(rejected[1])),
+    )
 
 
 def pair_from_candidates(
@@ -42,34 +59,68 @@ def pair_from_candidates(
     Returns (row, None) or (None, reason) when no informative pair exists: every candidate scored
     the same, or the only lower-scored candidates repeat the chosen text.
     """
+    rows, reason = pairs_from_candidates(task, candidates, scores, source, "best_vs_worst")
+    return (rows[0] if rows else None), reason
+
+
+def pairs_from_candidates(
+    task: TaskPrompt,
+    candidates: Sequence[str],
+    scores: Sequence[Scores],
+    source: str,
+    pairing: str = "best_vs_worst",
+    max_pairs: int | None = None,
+) -> tuple[list[PreferenceRow], str | None]:
+    """The informative pairs of one prompt's scored candidates, and why there are none.
+
+    ``best_vs_worst``: one pair, the best (highest mean score) against the worst with another text.
+    ``all_separated``: every two candidates whose mean scores differ and whose texts differ, the
+    higher-scored one chosen (each distinct text pair once), largest score gap first, at most
+    ``max_pairs``: four candidates give up to six pairs instead of one, all of them true preferences
+    under the judge. Ties are broken by position, so the result is deterministic for a given sample.
+    """
     if len(candidates) != len(scores):
         raise ValueError(f"{task.id}: {len(candidates)} candidates but {len(scores)} score sets")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"unknown pairing {pairing!r}; allowed: {', '.join(PAIRINGS)}")
     means = [sum(s.values()) / len(s) for s in scores]
-    # ties broken by position, so the choice is deterministic for a given sample
     best = max(range(len(candidates)), key=lambda i: (means[i], -i))
-    lower = [i for i in range(len(candidates)) if means[i] < means[best]]
-    if not lower:
-        return None, "all_candidates_tied"
-    distinct = [i for i in lower if candidates[i].strip() != candidates[best].strip()]
-    if not distinct:
-        return None, "duplicate_text"
-    worst = min(distinct, key=lambda i: (means[i], i))
-    row = PreferenceRow(
-        id=f"{task.id}-pair",
-        source=source,
-        prompt_id=task.id,
-        split=task.split,
-        prompt=task.prompt,
-        chosen=ScoredResponse(text=candidates[best], scores=dict(scores[best])),
-        rejected=ScoredResponse(text=candidates[worst], scores=dict(scores[worst])),
-    )
-    return row, None
+    if not any(means[i] < means[best] for i in range(len(candidates))):
+        return [], "all_candidates_tied"
+    if pairing == "best_vs_worst":
+        distinct = [i for i in range(len(candidates))
+                    if means[i] < means[best] and candidates[i].strip() != candidates[best].strip()]
+        if not distinct:
+            return [], "duplicate_text"
+        worst = min(distinct, key=lambda i: (means[i], i))
+        return [_row(task, f"{task.id}-pair", (candidates[best], scores[best]),
+                     (candidates[worst], scores[worst]), source)], None
+    found: dict[tuple[str, str], tuple[float, int, int]] = {}
+    for i in range(len(candidates)):
+        for j in range(len(candidates)):
+            if means[i] > means[j] and candidates[i].strip() != candidates[j].strip():
+                key = (candidates[i].strip(), candidates[j].strip())
+                found.setdefault(key, (means[i] - means[j], i, j))
+    if not found:
+        return [], "duplicate_text"
+    ranked = sorted(found.values(), key=lambda gap_i_j: (-gap_i_j[0], gap_i_j[1], gap_i_j[2]))[:max_pairs]
+    rows = [
+        _row(task, f"{task.id}-pair-{i}v{j}", (candidates[i], scores[i]), (candidates[j], scores[j]), source)
+        for _, i, j in ranked
+    ]
+    return rows, None
 
 
 def annotate(
-    tasks: Sequence[TaskPrompt], sample: Sampler, judge: Judge, source: str
+    tasks: Sequence[TaskPrompt],
+    sample: Sampler,
+    judge: Judge,
+    source: str,
+    pairing: str = "best_vs_worst",
+    max_pairs_per_prompt: int | None = None,
 ) -> tuple[list[PreferenceRow], list[dict], AnnotationStats]:
-    """Sample, score and pair. Returns the pairs, every scored candidate (for audit), and counts."""
+    """Sample, score and pair (:func:`pairs_from_candidates`). Returns the pairs, every scored
+    candidate (for audit), and counts."""
     stats = AnnotationStats(prompts=len(tasks))
     candidates_per_task = sample([task.prompt for task in tasks])
     # one batch for every candidate of every prompt: an LLM judge runs them concurrently on one client
@@ -91,11 +142,11 @@ def annotate(
             stats.skipped["fewer_than_two_scored_candidates"] += 1
             continue
         candidates, scores = [candidates[i] for i in complete], [scores[i] for i in complete]
-        row, reason = pair_from_candidates(task, candidates, scores, source)
-        if row is None:
+        pairs, reason = pairs_from_candidates(task, candidates, scores, source, pairing, max_pairs_per_prompt)
+        if not pairs:
             stats.skipped[reason] += 1
-        else:
-            rows.append(row)
+        stats.paired_prompts += bool(pairs)
+        rows.extend(pairs)
     stats.pairs = len(rows)
     stats.skipped = +stats.skipped  # drop zero counts
     return rows, audit, stats

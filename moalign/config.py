@@ -159,7 +159,15 @@ class AnnotateParams(_Section):
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Sequences per generate() call (prompts x candidates).")
+    pairing: Literal["best_vs_worst", "all_separated"] = Field(
+        "all_separated",
+        description="best_vs_worst: one pair per prompt; all_separated: every two candidates the judge "
+        "separates (up to C(n, 2) pairs per prompt from the same samples).",
+    )
+    max_pairs_per_prompt: int | None = Field(
+        None, ge=1, description="Cap on all_separated pairs per prompt, largest score gap first; null = all."
+    )
 
 
 class ValidateParams(_Section):
@@ -276,6 +284,14 @@ class TrainParams(_Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Offline methods: held-out preference accuracy and margin per dimension "
+        "(moalign/training/diagnostics.py) before training, every N steps and at the end; null = before and "
+        "at the end only.",
+    )
+    eval_pairs: int | None = Field(
+        16, ge=1, description="Validated eval pairs those diagnostics score (one per prompt first); null = all.",
+    )
     lora: LoraParams = Field(default_factory=LoraParams)
     online: OnlineParams = Field(default_factory=OnlineParams)
     _modpo_primary_index: int = PrivateAttr(0)

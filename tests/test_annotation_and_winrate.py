@@ -1,6 +1,6 @@
 import pytest
 
-from moalign.annotation import annotate, pair_from_candidates
+from moalign.annotation import annotate, pair_from_candidates, pairs_from_candidates
 from moalign.data.schema import TaskPrompt
 from moalign.evaluation.winrate import compare_with_swap, swap_outcome, win_rate
 from moalign.judges.programmatic import ProgrammaticJudge
@@ -36,7 +36,27 @@ def test_annotate_counts_every_prompt():
     assert [r.id for r in rows] == ["a-pair"]
     assert rows[0].chosen.text == "5" and rows[0].rejected.text == "9"
     assert len(audit) == 4
-    assert stats.as_dict() == {"prompts": 2, "candidates": 4, "pairs": 1, "skipped": {"all_candidates_tied": 1}}
+    assert stats.as_dict() == {
+        "prompts": 2, "candidates": 4, "pairs": 1, "paired_prompts": 1, "skipped": {"all_candidates_tied": 1}
+    }
+
+
+def test_all_separated_pairs_every_two_candidates_the_judge_separates():
+    texts = ["a", "b", "c", "d", " b "]
+    rows, reason = pairs_from_candidates(
+        TASK, texts, [scores(3), scores(5), scores(1), scores(3), scores(5)], "src", "all_separated"
+    )
+    assert reason is None
+    # "b" twice is one text; a and d tie; largest gap first (then by position), each distinct pair once
+    assert [(r.chosen.text, r.rejected.text) for r in rows] == [("b", "c"), ("a", "c"), ("b", "a"), ("b", "d"), ("d", "c")]
+    assert len({r.id for r in rows}) == len(rows) and all(r.chosen.scores["correctness"] > r.rejected.scores["correctness"] for r in rows)
+    capped, _ = pairs_from_candidates(TASK, texts, [scores(3), scores(5), scores(1), scores(3), scores(5)], "src",
+                                      "all_separated", max_pairs=2)
+    assert [(r.chosen.text, r.rejected.text) for r in capped] == [("b", "c"), ("a", "c")]
+    assert pairs_from_candidates(TASK, ["a", "b"], [scores(2), scores(2)], "s", "all_separated") == ([], "all_candidates_tied")
+    assert pairs_from_candidates(TASK, ["a", "a"], [scores(2), scores(4)], "s", "all_separated") == ([], "duplicate_text")
+    with pytest.raises(ValueError, match="unknown pairing"):
+        pairs_from_candidates(TASK, ["a", "b"], [scores(2), scores(4)], "s", "every")
 
 
 @pytest.mark.parametrize(

@@ -234,7 +234,7 @@ def test_build_report_writes_a_self_contained_page_with_the_key_numbers(tmp_path
     assert index == tmp_path / "reports" / "index.html"
     page = index.read_text()
     images = _images(page)
-    assert len(images) == 5 and all(img.startswith(b"\x89PNG\r\n\x1a\n") for img in images)
+    assert len(images) == len(FIGURE_FILES) and all(img.startswith(b"\x89PNG\r\n\x1a\n") for img in images)
     assert "A &lt;test&gt; report" in page  # escaped
     assert "2026-11-23 17:05 UTC" in page
     for number in ("3.16", "2.81", "2.69", "+0.12", "0.531", "[0.500, 0.578]", "0.522", "35.2",
@@ -254,7 +254,7 @@ def test_build_report_copes_with_an_old_metrics_file_no_history_and_no_experimen
     metrics["policy"]["scores"]["verbosity"] = None  # a dimension the judge failed on throughout
     index = build_report(tmp_path, metrics=metrics, history=[], dimensions=DIMS, experiments=None)
     page = index.read_text()
-    assert len(_images(page)) == 5
+    assert len(_images(page)) == len(FIGURE_FILES)
     assert "no interval recorded" in page
     assert "this run (policy)" in page and "reference" in page
 
@@ -329,7 +329,7 @@ def test_report_stage_writes_the_page_without_an_mlflow_store(tmp_path):
     result = CliRunner().invoke(report.app, _stage_inputs(tmp_path))
     assert result.exit_code == 0, result.output
     page = (tmp_path / "reports" / "index.html").read_text()
-    assert len(_images(page)) == 5 and "0.531" in page
+    assert len(_images(page)) == len(FIGURE_FILES) and "0.531" in page
     assert "correctness vs instruction following" not in page  # titles live in the images
     assert not (tmp_path / "absent" / "mlflow.db").exists()
 
@@ -418,7 +418,7 @@ def _benchmark_rows(page: str) -> dict[str, list[str]]:
 def test_build_report_shows_every_benchmark_and_the_controllability_check(tmp_path):
     index = build_report(tmp_path, metrics=_full_metrics(), history=_history(), dimensions=DIMS)
     page = index.read_text()
-    assert len(_images(page)) == 7  # the five figures, benchmark win rates and controllability
+    assert len(_images(page)) == len(FIGURE_FILES) + 2  # every figure, benchmark win rates and controllability
     for name in OPTIONAL_FIGURE_FILES.values():
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
@@ -465,7 +465,7 @@ def test_build_report_without_the_optional_sections_shows_none_of_them(tmp_path)
     build_report(tmp_path, metrics=_full_metrics(), history=_history(), dimensions=DIMS)
     page = build_report(tmp_path, metrics=_metrics(), history=_history(),
                         dimensions=DIMS).read_text()
-    assert len(_images(page)) == 5
+    assert len(_images(page)) == len(FIGURE_FILES)
     for absent in ("Benchmarks", 'id="benchmarks"', 'id="benchmark_win_rates"',
                    'id="controllability"', "Spearman", "IFBench", "MT-bench", "Arena-Hard",
                    "AlpacaEval:", "<b>AlpacaEval</b>", "judge:", "Judges:", "pp</span>"):
@@ -490,7 +490,7 @@ def test_build_report_with_only_some_benchmarks(tmp_path):
     assert "vs the reference model" in page
     assert "MT-bench" not in page and "AlpacaEval:" not in page and "Spearman" not in page
     assert "<b>AlpacaEval</b>" not in page
-    assert len(_images(page)) == 6  # the benchmark win rates, no controllability
+    assert len(_images(page)) == len(FIGURE_FILES) + 1  # the benchmark win rates, no controllability
     assert not (tmp_path / OPTIONAL_FIGURE_FILES["controllability"]).exists()
 
 

@@ -256,6 +256,20 @@ def test_head_metrics_hand_computed():
     assert perfect["a"] == {"accuracy": 1.0, "ece": pytest.approx(0.0), "n": 2}
 
 
+def test_majority_baseline_is_the_share_of_the_train_majority_class():
+    from moalign.rewards.training import majority_classes
+
+    train_labels = torch.tensor([[2, 0], [2, 1], [1, 1], [-100, 1]])
+    assert majority_classes(train_labels) == [2, 1]
+    assert majority_classes(torch.tensor([[-100]])) == [None]
+    eval_labels = torch.tensor([[2, 0], [0, 0], [2, 1], [-100, 0]])
+    probs = [torch.tensor([[0.0, 0.0, 1.0]] * 4), torch.tensor([[1.0, 0.0]] * 4)]
+    metrics = head_metrics(probs, eval_labels, ["a", "b"], majority=[2, 1])
+    assert metrics["a"]["majority_baseline"] == pytest.approx(2 / 3)  # 2 of the 3 labelled rows are class 2
+    assert metrics["b"]["majority_baseline"] == pytest.approx(1 / 4)
+    assert metrics["b"]["accuracy"] == pytest.approx(3 / 4)  # a head that beats its baseline
+
+
 # ------------------------------------------------------------------------------------------------
 # a separable toy task
 

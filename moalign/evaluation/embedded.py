@@ -14,6 +14,7 @@ from moalign.data.schema import TaskPrompt
 from moalign.evaluation.winrate import (
     Outcome,
     bootstrap_ci,
+    bootstrap_mean_ci,
     compare_with_swap,
     length_controlled_win_rate,
     score_preference,
@@ -118,6 +119,30 @@ def evaluate_against_reference(
             **win_rate_report(outcomes, policy, reference),
             "judge": pairwise_name if pairwise is not None else "per-dimension scores",
         },
+        "score_changes": score_changes(policy_scores, reference_scores, dims),
         "n_prompts": len(tasks),
     }
     return rows, metrics
+
+
+def score_changes(policy: Sequence[dict[str, int]], reference: Sequence[dict[str, int]], dimensions: Sequence[str]) -> dict:
+    """Policy minus reference per dimension and on the mean score, with a 95% paired bootstrap interval
+    over prompts: a run that buys one dimension with another shows it, with its uncertainty.
+
+    Only prompts where both answers were scored on a dimension count for it (``n``); the mean score's
+    change uses the prompts scored on every dimension.
+    """
+    changes: dict[str, dict] = {}
+    for name in (*dimensions, "mean_score"):
+        dims = dimensions if name == "mean_score" else (name,)
+        deltas = [
+            mean(ours[d] for d in dims) - mean(theirs[d] for d in dims)
+            for ours, theirs in zip(policy, reference)
+            if all(d in ours and d in theirs for d in dims)
+        ]
+        if not deltas:
+            changes[name] = {"delta": None, "ci95_low": None, "ci95_high": None, "n": 0}
+            continue
+        low, high = bootstrap_mean_ci(deltas)
+        changes[name] = {"delta": mean(deltas), "ci95_low": low, "ci95_high": high, "n": len(deltas)}
+    return changes

@@ -65,6 +65,7 @@ FIGURE_FILES = {
     "win_rate": "win_rate.png",
     "training": "training_curves.png",
     "weights": "weights.png",
+    "heldout_preference": "heldout_preference.png",
 }
 #: PNGs written only when metrics.json holds their section (an old one is removed otherwise):
 #: Arena-Hard's and AlpacaEval's win rates against their baselines, and the controllability check
@@ -489,6 +490,60 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
         ax.grid(True, alpha=0.3)
         ax.legend(title="phase", fontsize=8, title_fontsize=8)
     return fig
+
+
+def _preference_names(dimensions: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(label, accuracy key, margin key) of the held-out diagnostics: plain prompt, then each dimension."""
+    return [("plain prompt", "rewards/accuracies", "rewards/margins")] + [
+        (_label(d), f"{d}/accuracy", f"{d}/margin") for d in dimensions
+    ]
+
+
+def heldout_preference_curves(history: Sequence[Mapping[str, Any]], dimensions: Sequence[str]) -> Figure:
+    """Held-out preference accuracy and mean margin (``eval_*``, moalign/training/diagnostics.py) per
+    evaluation step, one line per prompt the pairs are scored under; step 0 is the starting policy."""
+    names = _preference_names(dimensions)
+    fig = Figure(figsize=(11, 3.8), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    logged = False
+    for ax, column, title in ((axes[0], 1, "Held-out preference accuracy"), (axes[1], 2, "Held-out mean margin")):
+        ax.set_title(title, fontsize=11)
+        for color, name in zip(_color_cycle(len(names)), names, strict=True):
+            steps_values = [(s, v) for steps, values in _phases(history, f"eval_{name[column]}").values()
+                            for s, v in zip(steps, values)]
+            if steps_values:
+                logged = True
+                ax.plot(*zip(*steps_values), color=color, linewidth=1.6, marker="o", markersize=3, label=name[0])
+        if not logged:
+            _empty_panel(ax, "No held-out diagnostics were logged by this training (offline methods log "
+                         "them with --eval-pairs; see train.eval_steps)")
+            continue
+        ax.axhline(0.5 if column == 1 else 0.0, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _preference_table(section: Mapping[str, Any] | None, dimensions: Sequence[str]) -> str:
+    """Reference vs policy held-out preference accuracy and margin (metrics.json ``heldout_preference``)."""
+    if not section:
+        return ('<p class="note">No held-out preference diagnostics in metrics.json (the evaluate stage '
+                "computes them from --eval-pairs).</p>")
+    policy, reference = section.get("policy") or {}, section.get("reference") or {}
+    rows = "\n".join(
+        f"<tr><td>{label}</td><td>{_pct(reference.get(acc))}</td><td>{_pct(policy.get(acc))}</td>"
+        f"<td>{_pp_delta(policy.get(acc), reference.get(acc))}</td><td>{_fmt(reference.get(margin), 3)}</td>"
+        f"<td>{_fmt(policy.get(margin), 3)}</td></tr>"
+        for label, acc, margin in _preference_names(dimensions)
+    )
+    return (
+        "<table><thead><tr><th>prompt</th><th>accuracy, reference</th><th>accuracy, policy</th><th>Δ</th>"
+        f"<th>margin, reference</th><th>margin, policy</th></tr></thead><tbody>{rows}</tbody></table>"
+        f'<p class="note">{_fmt(section.get("n_pairs"), 0)} validated eval pairs. Accuracy: share of pairs whose '
+        "chosen answer has the higher length-normalised log-likelihood; margin: the mean difference "
+        "(no beta, no reference model, the same for every method).</p>"
+    )
 
 
 def weight_trajectories(history: Sequence[Mapping[str, Any]], dimensions: Sequence[str]) -> Figure:
@@ -1135,6 +1190,12 @@ _NOTES = {
         "from the mean and variance of the token probabilities (Eq. 10). A dimension above the "
         "dotted uniform line gets more of the gradient at that step."
     ),
+    "heldout_preference": (
+        "The policy's preference on the validated eval pairs, before training (step 0) and at each "
+        "evaluation step: the share of pairs whose chosen answer is the more likely one (left; 0.5 is "
+        "chance) and the mean length-normalised log-likelihood margin (right), under the plain prompt "
+        "and under each dimension prompt. A training path that learns moves these within a few steps."
+    ),
 }
 
 
@@ -1205,6 +1266,7 @@ def build_report(
         "win_rate": win_rate_bars(win_rows),
         "training": training_curves(history),
         "weights": weight_trajectories(history, dimensions),
+        "heldout_preference": heldout_preference_curves(history, dimensions),
     }
     benchmark_win_rows = _benchmark_win_rows(metrics)
     if benchmark_win_rows:
@@ -1282,6 +1344,9 @@ dimension); Δ is policy minus reference.</p></section>
 {benchmarks}
 {optional_html}
 <div class="wide">{_figure_card("training", "Training curves", pngs["training"])}</div>
+<div class="wide">{_figure_card("heldout_preference", "Held-out preference accuracy and margin",
+                                pngs["heldout_preference"],
+                                _preference_table(_section(metrics, "heldout_preference"), dimensions))}</div>
 <div class="wide">{_figure_card("weights", "AMoPO weight trajectories", pngs["weights"])}</div>
 <section class="card wide" id="experiments"><h2>Experiments in the Pareto chart</h2>
 {_experiments_table(points, flags, dimensions)}</section>

@@ -156,6 +156,25 @@ def generate_answers(
     return answers
 
 
+def preference_accuracy(config, rows, models: Mapping[str, tuple[Path, str]]) -> dict[str, Any]:
+    """Held-out preference accuracy and margin per dimension of each model on the validated eval pairs
+    (:mod:`moalign.training.diagnostics`): the same pairs and numbers the training logs as ``eval_*``,
+    so the policy's row here is the training curve's last point and the reference's its first."""
+    from moalign.models import load_model_and_tokenizer
+    from moalign.training.diagnostics import diagnostic_pairs, preference_diagnostics
+
+    pairs = diagnostic_pairs(rows, config.train.eval_pairs)
+    result: dict[str, Any] = {"n_pairs": len(pairs)}
+    for name, (model_dir, made_by) in models.items():
+        model, tokenizer = load_model_and_tokenizer(model_dir, config.model.dtype, made_by=made_by)
+        result[name] = preference_diagnostics(
+            model, tokenizer, pairs, config.dimensions.names, config.dimensions.template,
+            max_length=config.train.max_length, batch_size=config.train.batch_size,
+        )
+        del model, tokenizer
+    return result
+
+
 def judge_answers(config, plan: Plan, answers, judges, out_dir: Path) -> tuple[list[dict], dict[str, Any]]:
     """Score every suite; writes the benchmarks' per-prompt files into ``out_dir`` and returns the
     held-out rows (the caller writes them) and the metrics."""

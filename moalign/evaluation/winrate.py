@@ -105,19 +105,31 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the win rate (ties count half).
+    """Percentile-bootstrap confidence interval of the win rate (ties count half), prompts resampled."""
+    return bootstrap_mean_ci(outcome_scores(outcomes), n_resamples=n_resamples, confidence=confidence, seed=seed)
 
-    The prompts are the resampled unit: each of ``n_resamples`` replicates draws
-    ``len(outcomes)`` prompts with replacement and takes their mean score; the interval
-    is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles (numpy's
-    default linear interpolation) of the replicates. Seeded
-    (``numpy.random.default_rng(seed)``): the same input gives the same interval.
+
+def bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the mean of per-prompt ``values``.
+
+    The prompts are the resampled unit: each of ``n_resamples`` replicates draws ``len(values)``
+    values with replacement and takes their mean; the interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` quantiles (numpy's default linear interpolation) of the replicates.
+    Seeded (``numpy.random.default_rng(seed)``): the same input gives the same interval.
     """
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly in (0, 1), got {confidence}")
-    scores = outcome_scores(outcomes)
+    scores = np.asarray(values, dtype=float)
+    if scores.size == 0:
+        raise ValueError("no values to compute an interval from")
     n = scores.size
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples)

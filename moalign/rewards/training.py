@@ -101,10 +101,25 @@ def expected_calibration_error(
     return ece
 
 
+def majority_classes(labels: torch.Tensor) -> list[int | None]:
+    """Per head, the most frequent labelled class (the smallest on a tie; None for no labelled row)."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    result: list[int | None] = []
+    for k in range(labels.shape[1]):
+        column = labels[:, k][labels[:, k] != IGNORE_INDEX]
+        result.append(int(torch.bincount(column).argmax()) if column.numel() else None)
+    return result
+
+
 def head_metrics(
-    probs: Sequence[torch.Tensor], labels: torch.Tensor, dimensions: Sequence[str]
+    probs: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    dimensions: Sequence[str],
+    majority: Sequence[int | None] | None = None,
 ) -> dict[str, dict[str, float | int | None]]:
-    """Per dimension: argmax ``accuracy``, ``ece`` (10 confidence bins) and ``n`` labelled rows.
+    """Per dimension: argmax ``accuracy``, ``ece`` (10 confidence bins) and ``n`` labelled rows, and
+    with ``majority`` (each head's most frequent train class) ``majority_baseline``: the accuracy of
+    always answering that class, the floor a head has to clear to have learned anything.
 
     Rows labelled :data:`IGNORE_INDEX` on a head do not count for it; a head with no labelled row
     gets ``None`` (JSON null, not NaN, which metrics files and DVC cannot compare).
@@ -116,6 +131,8 @@ def head_metrics(
         n = int(keep.sum())
         if n == 0:
             metrics[dimension] = {"accuracy": None, "ece": None, "n": 0}
+            if majority is not None:
+                metrics[dimension]["majority_baseline"] = None
             continue
         confidence, predicted = probs[k][keep].float().max(-1)
         correct = predicted == labels[keep, k]
@@ -124,6 +141,10 @@ def head_metrics(
             "ece": expected_calibration_error(confidence, correct),
             "n": n,
         }
+        if majority is not None:
+            metrics[dimension]["majority_baseline"] = (
+                None if majority[k] is None else float((labels[keep, k] == majority[k]).float().mean())
+            )
     return metrics
 
 
@@ -171,7 +192,11 @@ class RewardTrainer(AveragedLogsMixin, Trainer):
         return (output.loss, output) if return_outputs else output.loss
 
 
-def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batch_size, max_length) -> dict:
+def _labels(examples: Sequence[dict], k: int) -> torch.Tensor:
+    return torch.tensor([e["labels"] for e in examples], dtype=torch.long).reshape(len(examples), k)
+
+
+def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batch_size, max_length, majority) -> dict:
     probs = score_texts(
         model,
         tokenizer,
@@ -180,10 +205,7 @@ def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batc
         batch_size=batch_size,
         max_length=max_length,
     )
-    labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long).reshape(
-        len(examples), len(dimensions)
-    )
-    return head_metrics(probs, labels, dimensions)
+    return head_metrics(probs, _labels(examples, len(dimensions)), dimensions, majority)
 
 
 def train_reward_model(
@@ -272,9 +294,10 @@ def train_reward_model(
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output_dir)))
     trained = trainer.model
     dims = trained.dimensions
+    majority = majority_classes(_labels(train_examples, len(dims)))
     return {
-        "train": _scored_metrics(trained, tokenizer, train_examples, dims, batch_size, max_length),
-        "eval": _scored_metrics(trained, tokenizer, eval_examples, dims, batch_size, max_length),
+        "train": _scored_metrics(trained, tokenizer, train_examples, dims, batch_size, max_length, majority),
+        "eval": _scored_metrics(trained, tokenizer, eval_examples, dims, batch_size, max_length, majority),
     }
 
 

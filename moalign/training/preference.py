@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from moalign.control_tags import tag_prompt
 from moalign.data.schema import PreferenceRow
@@ -221,9 +221,12 @@ class AveragedLogsMixin:
 class PreferenceTrainer(AveragedLogsMixin, Trainer):
     """``transformers.Trainer`` with moalign's preference losses and per-dimension diagnostics."""
 
-    def __init__(self, *args, objective: Objective, **kwargs):
+    def __init__(self, *args, objective: Objective, diagnose: Callable[[object], dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
+        self.diagnose = diagnose
+        if diagnose is not None:
+            self.add_callback(_DiagnoseAtStart(self))
         # our loss is a mean over pairs, not normalised by a token count: let the Trainer divide it
         # by the accumulation steps (so 8 x 1 and 1 x 8 give the same update)
         self.model_accepts_loss_kwargs = False
@@ -271,6 +274,16 @@ class PreferenceTrainer(AveragedLogsMixin, Trainer):
         self._store_metrics(logps, reference)
         return (loss, {}) if return_outputs else loss
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The held-out preference diagnostics (:mod:`moalign.training.diagnostics`) instead of an eval
+        loss: logged with TRL's ``eval_`` prefix at the steps ``train.eval_steps`` names."""
+        if self.diagnose is None:
+            return {}
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in self.diagnose(self.model).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     @torch.no_grad()
     def _store_metrics(self, logps: PairLogps, reference: torch.Tensor | None) -> None:
         beta = self.objective.params.beta
@@ -289,6 +302,18 @@ class PreferenceTrainer(AveragedLogsMixin, Trainer):
                 self._stored[f"{name}/weight"].append(logps.weights[:, i].mean().item())
                 self._stored[f"{name}/margin"].append(margins[:, i].mean().item())
                 self._stored[f"{name}/accuracy"].append((margins[:, i] > 0).float().mean().item())
+
+
+class _DiagnoseAtStart(TrainerCallback):
+    """Step 0 of a fresh run: the diagnostics of the policy as it starts, the baseline of every later
+    value. Logged once the run's state exists, so a checkpoint keeps it and a resumed run does not redo it."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self.trainer.evaluate()
 
 
 @torch.no_grad()
@@ -399,6 +424,7 @@ def train_policy(
     callbacks: Sequence = (),
     reference_cache: Mapping[str, float] | None = None,
     on_log: Callable[[dict], None] | None = None,
+    eval_rows: Sequence[PreferenceRow] = (),
 ) -> list[dict]:
     """Train a policy with ``train.method`` and save a plain (LoRA-merged) HF directory in ``out_dir``.
 
@@ -406,8 +432,10 @@ def train_policy(
     and settings resumes from the newest one (a fingerprint guards against resuming a different
     run), and a multi-phase method skips the phases it finished. ``reference_cache`` holds starting-
     model scores from :mod:`moalign.training.reference` (used for the first phase; missing ones are
-    computed). ``on_log`` receives every log entry as it is made. Returns the log history (one dict
-    per logging step, tagged with its phase, ``step`` counted across phases).
+    computed). ``on_log`` receives every log entry as it is made. ``eval_rows`` (held-out pairs) get
+    the preference diagnostics before training, every ``train.eval_steps`` and at the end of each
+    phase. Returns the log history (one dict per logging step, tagged with its phase, ``step``
+    counted across phases).
     """
     from pathlib import Path
 
@@ -423,6 +451,13 @@ def train_policy(
     )
     phases = plan_phases(rows, train, dimensions)
     collator = PairCollator(tokenizer.pad_token_id)
+    diagnose = None
+    if eval_rows:
+        from moalign.training.diagnostics import diagnostic_pairs, preference_diagnostics
+
+        held_out = diagnostic_pairs(eval_rows, train.eval_pairs)
+        diagnose = partial(preference_diagnostics, tokenizer=tokenizer, rows=held_out, dimensions=dimensions.names,
+                           template=dimensions.template, max_length=train.max_length, batch_size=train.batch_size)
     history: list[dict] = []
     previous: dict[tuple[str, str], float] = {}  # SPO: (pair id, response) -> s under the last reference
     for index, phase in enumerate(phases):
@@ -441,7 +476,7 @@ def train_policy(
                     feature["prev_margin"] = _previous_margin(row, current, previous, train.beta)
             previous = current
         run = partial(_run_phase, phase, model, features, collator, phase_dir, train=train, dimensions=dimensions,
-                      dtype=dtype, seed=seed, callbacks=callbacks)
+                      dtype=dtype, seed=seed, callbacks=callbacks, diagnose=diagnose)
         # every phase but the last is kept: the next one starts from it, and a rerun skips it
         model = run_phase(phase.name, phase_dir, history, run, on_log=on_log,
                           keep=index < len(phases) - 1, dtype=model.dtype, device=model.device)
@@ -459,9 +494,12 @@ def _previous_margin(row: PreferenceRow, current: dict, previous: dict, beta: fl
     return chosen - rejected
 
 
-def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, train, dimensions, dtype, seed, callbacks):
+def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, train, dimensions, dtype, seed, callbacks,
+               diagnose=None):
     """One Trainer run; returns the (LoRA-merged) model and the phase's log history. ``forward`` (a
-    :class:`~moalign.training.runs.ForwardLogs` or None) joins ``callbacks``."""
+    :class:`~moalign.training.runs.ForwardLogs` or None) joins ``callbacks``. ``diagnose(model)``
+    gives the held-out diagnostics, logged before a fresh (not resumed) run, every
+    ``train.eval_steps`` and at the end."""
     from datasets import Dataset
     from transformers import TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -491,6 +529,9 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, t
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",
         disable_tqdm=False,
+        # without eval_steps the flow callback still evaluates once, at the last step
+        eval_strategy="steps" if diagnose is not None else "no",
+        eval_steps=(train.eval_steps or 10**9) if diagnose is not None else None,
     )
     trainer = PreferenceTrainer(
         model=model,
@@ -501,6 +542,9 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, t
             method=phase.method, params=train, dimensions=objective_dimensions(train, dimensions.names)
         ),
         callbacks=[*callbacks, *([forward] if forward is not None else [])],
+        # only its presence matters to the Trainer: evaluate() scores the held-out pairs itself
+        eval_dataset=[] if diagnose is not None else None,
+        diagnose=diagnose,
     )
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(phase_dir)))
     final = trainer.model.merge_and_unload() if train.lora.enabled else trainer.model
