@@ -41,7 +41,9 @@ def main(
     config = stage_params(params)
     setup_logging("evaluate")
     from moalign.data.schema import write_json, write_jsonl
-    from moalign.evaluation.run import generate_answers, judge_answers, plan_evaluation, preference_accuracy
+    from moalign.evaluation.run import (
+        generate_answers, judge_answers, plan_evaluation, preference_accuracy, training_budget_of,
+    )
     from moalign.judges import open_judges
 
     held_out = held_out_prompts(config, tasks, eval_pairs)[: config.evaluate.n_prompts]
@@ -56,6 +58,7 @@ def main(
         from moalign.data.schema import PreferenceRow, read_jsonl
 
         results["heldout_preference"] = preference_accuracy(config, read_jsonl(eval_pairs, PreferenceRow), models)
+    results["training_budget"] = training_budget_of(policy)
     write_jsonl(out, rows)
     write_json(metrics, results)
     print_table(results, config.dimensions.names)
@@ -135,6 +138,12 @@ def print_table(results: dict, dimensions) -> None:
             table.add_row(f"held-out pair accuracy ({name})", _cell(preference["policy"].get(key)),
                           _cell(preference["reference"].get(key)))
     Console(stderr=True).print(table)
+    budget = results.get("training_budget")
+    if budget:
+        Console(stderr=True).print(
+            f"training budget: {budget['examples']} examples, {budget['steps']} steps, "
+            f"{budget['tokens'] or '—'} tokens, {budget['seconds'] or '—'} s"
+        )
 
 
 def _change_cell(change) -> str:

@@ -47,6 +47,7 @@ def main(
     from moalign.models import require_model_dir
     from moalign.training.preference import run_fingerprint, train_policy
     from moalign.training.reference import load_reference
+    from moalign.training.runs import BUDGET_FILE, training_budget
 
     require_model_dir(model, made_by="the prepare_model stage (dvc repro prepare_model)")
     rows = read_jsonl(pairs, PreferenceRow)
@@ -96,6 +97,7 @@ def main(
         raise
     registry.finish_training_run(run_id, history)
     write_json(out / RUN_FILE, {"run_id": run_id, "experiment": section.experiment})
+    write_json(out / BUDGET_FILE, training_budget(history, len(rows)))
     write_json(curves, [entry for entry in history if "loss" in entry])
     log.info("MLflow run %s", run_id)
 

@@ -91,6 +91,10 @@ def test_trainer_logs_diagnostics_at_step_0_every_eval_steps_and_at_the_end(tiny
     # moves the held-out margin up
     assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"] + 0.1
     assert evals[-1]["eval_correctness/accuracy"] == 1.0
+    from moalign.training.runs import training_budget
+
+    budget = training_budget(history, 4)
+    assert budget["steps"] == 6 and budget["tokens"] > 6 * 2 * 2 * 5 and budget["seconds"] > 0
 
 
 def test_score_changes_are_paired_differences_with_intervals():
@@ -114,6 +118,7 @@ def test_report_shows_the_heldout_preference_card(tmp_path):
         "reference": {"scores": {"correctness": 3.0, "verbosity": 3.0}, "mean_score": 3.0},
         "win_rate_vs_reference": {"win_rate": 0.75, "ci95_low": 0.5, "ci95_high": 1.0, "wins": 1, "ties": 1,
                                   "losses": 0, "n": 2},
+        "training_budget": {"examples": 12, "steps": 9, "tokens": 4321, "seconds": 55.5},
         "heldout_preference": {
             "n_pairs": 7,
             "policy": {"rewards/accuracies": 0.857, "correctness/accuracy": 1.0},
@@ -124,5 +129,6 @@ def test_report_shows_the_heldout_preference_card(tmp_path):
                for s, a, m in ((0, 0.4, -0.1), (4, 0.9, 0.3))]
     page = build_report(tmp_path, metrics=metrics, history=history, dimensions=DIMS).read_text()
     assert 'id="heldout_preference"' in page and "7 validated eval pairs" in page
+    assert "training budget: 12 examples, 9 steps, 4321 tokens, 56 s" in page
     assert "85.7%" in page and "42.9%" in page and "+42.8 pp" in page
     assert (tmp_path / "heldout_preference.png").stat().st_size > 0

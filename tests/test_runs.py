@@ -100,3 +100,17 @@ def test_half_saved_phase_is_trained_again(tiny_model_dir, tmp_path):
     calls = []
     run_phase("one", tmp_path / "p1", [], _trainer(model, [], calls), on_log=None, keep=True, dtype=torch.float32)
     assert len(calls) == 1
+
+
+def test_training_budget_sums_phases_and_keeps_unknowns_unknown():
+    from moalign.training.runs import training_budget
+
+    history = [
+        {"phase": "a", "step": 1, "loss": 1.0, "num_input_tokens_seen": 100},
+        {"phase": "a", "step": 2, "loss": 0.9, "num_input_tokens_seen": 220},
+        {"phase": "a", "step": 2, "train_runtime": 10.04},
+        {"phase": "b", "step": 3, "loss": 0.8, "num_input_tokens_seen": 90},
+        {"phase": "b", "step": 3, "train_runtime": 5.0},
+    ]
+    assert training_budget(history, 7) == {"examples": 7, "steps": 3, "tokens": 310, "seconds": 15.0}
+    assert training_budget([{"step": 4, "loss": 1.0}], 2) == {"examples": 2, "steps": 4, "tokens": None, "seconds": None}

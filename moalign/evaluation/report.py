@@ -1319,6 +1319,12 @@ def build_report(
         meta.append(f"training phases: {', '.join(methods)}")
     if last_step is not None:
         meta.append(f"{int(last_step)} training steps")
+    budget = _section(metrics, "training_budget")
+    if budget:
+        meta.append(
+            f"training budget: {_fmt(budget.get('examples'), 0)} examples, {_fmt(budget.get('steps'), 0)} steps, "
+            f"{_fmt(budget.get('tokens'), 0)} tokens, {_fmt(budget.get('seconds'), 0)} s"
+        )
     meta.append(f"{_fmt(metrics.get('n_prompts'), 0)} held-out prompts")
     plural = "s" if len(experiments) != 1 else ""
     meta.append(f"{len(experiments)} earlier evaluated run{plural} from MLflow")

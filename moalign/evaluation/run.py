@@ -175,6 +175,17 @@ def preference_accuracy(config, rows, models: Mapping[str, tuple[Path, str]]) ->
     return result
 
 
+def training_budget_of(policy_dir: Path) -> dict | None:
+    """The policy's training budget (pairs, steps, tokens, seconds) saved beside it by train_policy,
+    reported with the result it bought; None for a policy made elsewhere."""
+    import json
+
+    from moalign.training.runs import BUDGET_FILE
+
+    path = Path(policy_dir) / BUDGET_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def judge_answers(config, plan: Plan, answers, judges, out_dir: Path) -> tuple[list[dict], dict[str, Any]]:
     """Score every suite; writes the benchmarks' per-prompt files into ``out_dir`` and returns the
     held-out rows (the caller writes them) and the metrics."""

@@ -529,6 +529,7 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, t
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",
         disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",  # the run's token budget, reported beside its result
         # without eval_steps the flow callback still evaluates once, at the last step
         eval_strategy="steps" if diagnose is not None else "no",
         eval_steps=(train.eval_steps or 10**9) if diagnose is not None else None,

@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 logger = logging.getLogger(__name__)
 
 FINISHED_LOG = "train_log.json"
+BUDGET_FILE = "budget.json"  # beside the saved policy: what its training spent (training_budget)
 
 
 def fingerprint(payload) -> str:
@@ -69,6 +70,24 @@ class ForwardLogs(TrainerCallback):
 def last_step(history: list[dict]) -> int:
     """The step of the newest entry of a history whose steps count across phases (0 when empty)."""
     return max((entry["step"] for entry in history), default=0)
+
+
+def training_budget(history: list[dict], examples: int) -> dict:
+    """What a run spent, to report beside its result: ``examples`` (pairs or prompts) trained on,
+    optimizer ``steps``, ``tokens`` (non-padding tokens of every training forward, where the trainer
+    counts them) and ``seconds`` of training (the trainers' own ``train_runtime``, summed over phases)."""
+    tokens: dict[str, float] = {}
+    for entry in history:
+        if "num_input_tokens_seen" in entry:  # cumulative within a phase
+            phase = str(entry.get("phase"))
+            tokens[phase] = max(tokens.get(phase, 0), float(entry["num_input_tokens_seen"]))
+    seconds = [float(e["train_runtime"]) for e in history if "train_runtime" in e]
+    return {
+        "examples": examples,
+        "steps": last_step(history),
+        "tokens": int(sum(tokens.values())) if tokens else None,
+        "seconds": round(sum(seconds), 1) if seconds else None,
+    }
 
 
 def run_phase(
