@@ -47,6 +47,7 @@ def main(
     from moalign.models import require_model_dir
     from moalign.training.preference import run_fingerprint, train_policy
     from moalign.training.reference import load_reference
+    from moalign.training.online import training_prompts
     from moalign.training.runs import BUDGET_FILE, training_budget
 
     require_model_dir(model, made_by="the prepare_model stage (dvc repro prepare_model)")
@@ -97,7 +98,10 @@ def main(
         raise
     registry.finish_training_run(run_id, history)
     write_json(out / RUN_FILE, {"run_id": run_id, "experiment": section.experiment})
-    write_json(out / BUDGET_FILE, training_budget(history, len(rows)))
+    # offline methods train on pairs, online ones on distinct prompts
+    online = config.train.method in ONLINE_METHODS
+    examples = len(training_prompts(rows, config.train.online.max_prompts)) if online else len(rows)
+    write_json(out / BUDGET_FILE, training_budget(history, examples))
     write_json(curves, [entry for entry in history if "loss" in entry])
     log.info("MLflow run %s", run_id)
 
