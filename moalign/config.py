@@ -161,7 +161,7 @@ class AnnotateParams(_Section):
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(16, ge=1, description="Sequences per generate() call (prompts x candidates).")
     pairing: Literal["best_vs_worst", "all_separated"] = Field(
-        "all_separated",
+        "best_vs_worst",
         description="best_vs_worst: one pair per prompt; all_separated: every two candidates the judge "
         "separates (up to C(n, 2) pairs per prompt from the same samples).",
     )

@@ -110,6 +110,20 @@ def test_metrics_hold_scores_and_a_win_rate(project):
     assert 0.0 <= report["length_controlled_win_rate"] <= 1.0
     rows = (project / "eval/responses.jsonl").read_text().splitlines()
     assert len(rows) == 6
+    # each dimension's change with its interval, the held-out preference diagnostics of both models,
+    # and the budget that bought the result
+    for name in (*dims, "mean_score"):
+        change = metrics["score_changes"][name]
+        assert change["ci95_low"] <= change["delta"] <= change["ci95_high"]
+    preference = metrics["heldout_preference"]
+    assert preference["n_pairs"] >= 1
+    for side in ("policy", "reference"):
+        assert {f"{d}/accuracy" for d in dims} | {"rewards/accuracies"} <= set(preference[side])
+    budget = metrics["training_budget"]
+    assert budget["examples"] == len((project / "data/validated/train.jsonl").read_text().splitlines())
+    assert budget["steps"] >= 1 and budget["tokens"] > 0 and budget["seconds"] > 0
+    curves = json.loads((project / "models/policy/train_log.json").read_text())
+    assert [e["step"] for e in curves if "eval_rewards/accuracies" in e][0] == 0  # logged before training
     shown = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "win_rate" in shown
 
