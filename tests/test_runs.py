@@ -105,9 +105,10 @@ def test_half_saved_phase_is_trained_again(tiny_model_dir, tmp_path):
 def test_training_budget_sums_phases_and_keeps_unknowns_unknown():
     from moalign.training.runs import training_budget
 
+    # transformers logs both counters cumulatively within a phase, in step entries too
     history = [
-        {"phase": "a", "step": 1, "loss": 1.0, "num_input_tokens_seen": 100},
-        {"phase": "a", "step": 2, "loss": 0.9, "num_input_tokens_seen": 220},
+        {"phase": "a", "step": 1, "loss": 1.0, "num_input_tokens_seen": 100, "train_runtime": 4.0},
+        {"phase": "a", "step": 2, "loss": 0.9, "num_input_tokens_seen": 220, "train_runtime": 9.0},
         {"phase": "a", "step": 2, "train_runtime": 10.04},
         {"phase": "b", "step": 3, "loss": 0.8, "num_input_tokens_seen": 90},
         {"phase": "b", "step": 3, "train_runtime": 5.0},

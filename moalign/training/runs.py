@@ -75,18 +75,23 @@ def last_step(history: list[dict]) -> int:
 def training_budget(history: list[dict], examples: int) -> dict:
     """What a run spent, to report beside its result: ``examples`` (pairs or prompts) trained on,
     optimizer ``steps``, ``tokens`` (non-padding tokens of every training forward, where the trainer
-    counts them) and ``seconds`` of training (the trainers' own ``train_runtime``, summed over phases)."""
-    tokens: dict[str, float] = {}
-    for entry in history:
-        if "num_input_tokens_seen" in entry:  # cumulative within a phase
-            phase = str(entry.get("phase"))
-            tokens[phase] = max(tokens.get(phase, 0), float(entry["num_input_tokens_seen"]))
-    seconds = [float(e["train_runtime"]) for e in history if "train_runtime" in e]
+    counts them) and ``seconds`` of training (the trainers' own ``train_runtime``), each phase's
+    largest value (both are cumulative within a phase) summed over phases."""
+
+    def over_phases(key: str, kind):
+        largest: dict[str, float] = {}
+        for entry in history:
+            if key in entry:
+                phase = str(entry.get("phase"))
+                largest[phase] = max(largest.get(phase, 0.0), float(entry[key]))
+        return kind(sum(largest.values())) if largest else None
+
+    seconds = over_phases("train_runtime", float)
     return {
         "examples": examples,
         "steps": last_step(history),
-        "tokens": int(sum(tokens.values())) if tokens else None,
-        "seconds": round(sum(seconds), 1) if seconds else None,
+        "tokens": over_phases("num_input_tokens_seen", int),
+        "seconds": None if seconds is None else round(seconds, 1),
     }
 
 
