@@ -62,7 +62,8 @@ def project(tmp_path_factory) -> Path:
     params["model"]["source"] = "tiny-random-llama"
     params["annotate"].update(n_train_prompts=40, n_eval_prompts=8, max_new_tokens=12, candidates_per_prompt=4)
     params["evaluate"].update(n_prompts=6, max_new_tokens=12)
-    params["train"].update(batch_size=2, save_steps=2)
+    # one short epoch: the demo defaults (params.yaml) are sized for SmolLM2 learning, not for a smoke run
+    params["train"].update(batch_size=2, save_steps=2, epochs=1, eval_steps=None, eval_pairs=4)
     params["reward"].update(epochs=1, batch_size=4, max_length=64)
     params["train"]["online"].update(max_prompts=4, num_generations=2, max_completion_length=8)
     # random-token answers are mostly tied, so few pairs survive; the gate must not trip on a tiny set
