@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from moalign.data.schema import PreferenceRow, ScoredResponse, TaskPrompt
 from moalign.judges.base import Judge, Scores, score_many
@@ -36,7 +37,14 @@ class AnnotationStats:
         }
 
 
-PAIRINGS = ("best_vs_worst", "all_separated")
+#: how one prompt's scored candidates become pairs (:func:`pairs_from_candidates`); annotate.pairing
+Pairing = Literal["best_vs_worst", "all_separated"]
+PAIRINGS: tuple[str, ...] = get_args(Pairing)
+
+
+def _scored(text: str, scores: Scores) -> ScoredResponse:
+    # a sampler's Completion says whether the length limit cut it off; plain strings were not
+    return ScoredResponse(text=text, scores=dict(scores), truncated=getattr(text, "truncated", False))
 
 
 def _row(task: TaskPrompt, pair_id: str, chosen: tuple[str, Scores], rejected: tuple[str, Scores], source: str):
@@ -46,8 +54,8 @@ def _row(task: TaskPrompt, pair_id: str, chosen: tuple[str, Scores], rejected: t
         prompt_id=task.id,
         split=task.split,
         prompt=task.prompt,
-        chosen=ScoredResponse(text=chosen[0], scores=dict(chosen[1])),
-        rejected=ScoredResponse(text=rejected[0], scores=dict(rejected[1])),
+        chosen=_scored(*chosen),
+        rejected=_scored(*rejected),
     )
 
 
@@ -132,7 +140,8 @@ def annotate(
         scores, offset = flat[offset : offset + len(candidates)], offset + len(candidates)
         stats.candidates += len(candidates)
         audit.extend(
-            {"prompt_id": task.id, "split": task.split, "candidate": i, "text": c, "scores": s}
+            {"prompt_id": task.id, "split": task.split, "candidate": i, "text": c, "scores": s,
+             "truncated": getattr(c, "truncated", False)}
             for i, (c, s) in enumerate(zip(candidates, scores, strict=True))
         )
         # an LLM judge that failed on a dimension leaves it out: such a candidate cannot be ranked

@@ -32,6 +32,26 @@ class NoChatTemplateError(ValueError):
     """The model directory's tokenizer has no chat template, and every prompt is a chat turn."""
 
 
+class Completion(str):
+    """A generated text that also says whether ``max_new_tokens`` cut it off (``truncated``) before
+    the model ended it. A ``str``, so every consumer of plain answers takes it unchanged; annotation
+    reads the flag so a cut-off candidate is not trained as if the model had chosen to stop there."""
+
+    truncated: bool
+
+    def __new__(cls, text: str, truncated: bool = False):
+        completion = super().__new__(cls, text)
+        completion.truncated = bool(truncated)
+        return completion
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end an answer: the tokenizer's end token and the model's generation config's."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids]) | {tokenizer.eos_token_id}
+    return sorted(i for i in ids if i is not None)
+
+
 #: a user turn, or a whole conversation ({"role", "content"} messages ending with a user turn: an
 #: MT-bench second turn carries the first question and the model's own first answer)
 Prompt = str | Sequence[Mapping[str, str]]
@@ -58,10 +78,11 @@ def generate(
     prompts: Sequence[Prompt],
     config: DecodingConfig,
     description: str = "generating",
-    on_batch: Callable[[dict[int, list[str]]], None] | None = None,
+    on_batch: Callable[[dict[int, list[Completion]]], None] | None = None,
     done: Collection[int] = (),
-) -> list[list[str]]:
-    """Return, for each prompt, ``config.num_return_sequences`` completions (special tokens removed).
+) -> list[list[Completion]]:
+    """Return, for each prompt, ``config.num_return_sequences`` completions (special tokens removed,
+    :class:`Completion`: a sequence with no end-of-sequence token was cut off by ``max_new_tokens``).
 
     ``on_batch`` receives each finished batch as {prompt position: completions}, so a caller can
     save progress as it goes (:func:`generate_resumable`). ``done``: positions the caller already
@@ -95,12 +116,15 @@ def generate(
                 pad_token_id=tokenizer.pad_token_id,
                 **sampling,
             )
-            completions = tokenizer.batch_decode(
-                output[:, encoded.input_ids.shape[1] :], skip_special_tokens=True
-            )
+            generated = output[:, encoded.input_ids.shape[1] :]
+            texts_out = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            # finished sequences are padded after their end token: no end token means cut off
+            stops = torch.tensor(stop_token_ids(model, tokenizer), device=generated.device)
+            truncated = (~torch.isin(generated, stops).any(dim=1)).tolist()
+            completions = [Completion(text.strip(), cut) for text, cut in zip(texts_out, truncated, strict=True)]
             n = config.num_return_sequences
             for position, index in enumerate(batch):
-                results[index] = [c.strip() for c in completions[position * n : (position + 1) * n]]
+                results[index] = completions[position * n : (position + 1) * n]
             if on_batch is not None:
                 on_batch({index: results[index] for index in batch})
     finally:
@@ -121,8 +145,8 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_journal(path: Path, fingerprint: str) -> dict[str, list[str]]:
-    done: dict[str, list[str]] = {}
+def _read_journal(path: Path, fingerprint: str) -> dict[str, list[Completion]]:
+    done: dict[str, list[Completion]] = {}
     if not path.exists():
         return done
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -130,8 +154,9 @@ def _read_journal(path: Path, fingerprint: str) -> dict[str, list[str]]:
             entry = json.loads(line)
         except json.JSONDecodeError:  # the last line of a killed run may be cut short
             continue
-        if entry.get("fingerprint") == fingerprint:
-            done[entry["id"]] = entry["completions"]
+        # entries without "truncated" predate the flag: generated again rather than guessed
+        if entry.get("fingerprint") == fingerprint and "truncated" in entry:
+            done[entry["id"]] = [Completion(t, c) for t, c in zip(entry["completions"], entry["truncated"], strict=True)]
     return done
 
 
@@ -144,7 +169,7 @@ def generate_resumable(
     *,
     model_id: str,
     description: str = "generating",
-) -> dict[str, list[str]]:
+) -> dict[str, list[Completion]]:
     """:func:`generate` for {prompt id: prompt}, journaled: each batch is appended to ``journal``
     (and flushed) as it finishes, and a rerun generates only the batches the journal lacks for
     this ``model_id`` (e.g. :func:`model_fingerprint`) and decoding config. With sampling, the
@@ -165,11 +190,13 @@ def generate_resumable(
             if cut_short:  # end the killed run's partial line, so the next entry starts on its own line
                 handle.write("\n")
 
-            def save(batch: dict[int, list[str]]) -> None:
+            def save(batch: dict[int, list[Completion]]) -> None:
                 for position, completions in batch.items():
                     key = keys[position]
                     done[key] = completions
-                    handle.write(json.dumps({"id": key, "fingerprint": fingerprint, "completions": completions}) + "\n")
+                    entry = {"id": key, "fingerprint": fingerprint, "completions": completions,
+                             "truncated": [getattr(c, "truncated", False) for c in completions]}
+                    handle.write(json.dumps(entry) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
 

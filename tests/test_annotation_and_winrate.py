@@ -41,6 +41,18 @@ def test_annotate_counts_every_prompt():
     }
 
 
+def test_a_candidate_cut_off_by_the_length_limit_stays_marked_in_pairs_and_audit():
+    from moalign.generation import Completion
+
+    judge = ProgrammaticJudge(["correctness"])
+    task = TaskPrompt(id="a", split="train", category="arithmetic", prompt="What is 2 + 3?", checks={"answer": 5})
+    sampled = [Completion("The answer is 5", truncated=False), Completion("Let me think: 2 plus 3 is", truncated=True)]
+    rows, audit, _ = annotate([task], lambda prompts: [sampled], judge, "test")
+    assert (rows[0].chosen.truncated, rows[0].rejected.truncated) == (False, True)
+    assert [a["truncated"] for a in audit] == [False, True]
+    assert '"truncated":true' in rows[0].model_dump_json()  # survives the JSONL round trip
+
+
 def test_all_separated_pairs_every_two_candidates_the_judge_separates():
     texts = ["a", "b", "c", "d", " b "]
     rows, reason = pairs_from_candidates(

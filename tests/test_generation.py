@@ -95,3 +95,38 @@ def test_a_model_without_a_chat_template_is_named(tiny):
             chat_prompt(tokenizer, "hi")
     finally:
         tokenizer.chat_template = saved
+
+
+def test_completions_say_whether_the_length_limit_cut_them_off(tiny, tmp_path, monkeypatch):
+    import copy
+    import json
+
+    model, tokenizer = tiny
+    config = DecodingConfig(max_new_tokens=4, batch_size=2)
+    prompts = list(PROMPTS.values())
+    cut = generation.generate(model, tokenizer, prompts, config)
+    # the same model told that whatever it emits first ends the answer: every answer is finished
+    first_ids = {
+        int(model.generate(**tokenizer(generation.chat_prompt(tokenizer, p), return_tensors="pt", add_special_tokens=False),
+                           max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, -1])
+        for p in prompts
+    }
+    assert tokenizer.eos_token_id not in first_ids, "the tiny model must not end at once, or nothing is cut"
+    ending = copy.deepcopy(model)
+    ending.generation_config.eos_token_id = sorted(first_ids | {tokenizer.eos_token_id})
+    ended = generation.generate(ending, tokenizer, prompts, config)
+    assert [c.truncated for [c] in ended] == [False] * 3
+    assert [c.truncated for [c] in cut] == [True] * 3  # 4 tokens and no end token among them
+
+    # the journal keeps the flag; entries written before the flag existed are generated again
+    journal = tmp_path / "gen.jsonl"
+    first = generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id="m")
+    again = generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id="m")
+    assert [c.truncated for [c] in again.values()] == [c.truncated for [c] in first.values()] == [True] * 3
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "truncated"}) + "\n" for e in entries))
+    asked = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda *args, **kwargs: asked.append(1) or real(*args, **kwargs))
+    generate_resumable(model, tokenizer, PROMPTS, config, journal, model_id="m")
+    assert asked, "journal entries without the flag must not be trusted"

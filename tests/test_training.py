@@ -49,6 +49,16 @@ def test_batch_is_pairs_by_dimensions_by_side(model_and_tokenizer):
     assert "Focus on verbosity (target score 4/5)" in decoded and "What is 1 + 2?" in decoded
 
 
+def test_only_a_response_the_model_ended_gets_the_end_token(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    pair = row(0)
+    cut = pair.model_copy(update={"rejected": pair.rejected.model_copy(update={"truncated": True})})
+    ended, cut_off = (tokenize_pair(r, tokenizer, prompts(r), max_length=256) for r in (pair, cut))
+    assert ended["rejected_ids"][-1] == tokenizer.eos_token_id
+    assert cut_off["rejected_ids"] == ended["rejected_ids"][:-1]  # the limit fell mid-answer: no stop learnt there
+    assert cut_off["chosen_ids"] == ended["chosen_ids"]
+
+
 def test_truncation_keeps_the_response_start_and_the_limit(model_and_tokenizer):
     _, tokenizer = model_and_tokenizer
     long = row(0).model_copy(update={"rejected": ScoredResponse(text="word " * 400, scores={"correctness": 1, "verbosity": 1})})

@@ -51,6 +51,10 @@ class ScoredResponse(BaseModel):
 
     text: str
     scores: dict[str, int]
+    truncated: bool = Field(
+        False, description="Cut off by the generation length limit, not ended by the model: trained without "
+        "an end-of-turn token, so the policy does not learn to stop where the limit happened to fall."
+    )
 
 
 class PreferenceRow(BaseModel):

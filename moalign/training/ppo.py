@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from moalign.generation import Prompt, chat_prompt
+from moalign.generation import Prompt, chat_prompt, stop_token_ids
 from moalign.training.runs import claim_checkpoints, fingerprint
 
 logger = logging.getLogger(__name__)
@@ -190,13 +190,6 @@ class Rollout:
     texts: list[str]
 
 
-def _eos_ids(policy, tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None)
-
-
 @torch.no_grad()
 def sample_completions(policy, tokenizer, prompts: Sequence[Prompt], settings: PPOSettings) -> Rollout:
     """One sampled completion per prompt (chat template, left padding); a completion ends at its
@@ -221,7 +214,7 @@ def sample_completions(policy, tokenizer, prompts: Sequence[Prompt], settings: P
     )
     prompt_width = encoded.input_ids.shape[1]
     completion = output[:, prompt_width:]
-    is_eos = torch.isin(completion, torch.tensor(_eos_ids(policy, tokenizer), device=device)).long()
+    is_eos = torch.isin(completion, torch.tensor(stop_token_ids(policy, tokenizer), device=device)).long()
     mask = ((is_eos.cumsum(-1) - is_eos) == 0).float()  # no end-of-sequence before this token
     completion = torch.where(mask.bool(), completion, torch.full_like(completion, tokenizer.pad_token_id))
     lengths = mask.sum(-1).long().tolist()

@@ -93,10 +93,12 @@ def objective_dimensions(train, dimensions: Sequence[str]) -> tuple[str, ...]:
 def tokenize_pair(row: PreferenceRow, tokenizer, prompts: Sequence[str], max_length: int) -> dict:
     """Token ids of the pair's prompts and of both responses, truncated to ``max_length``."""
     prompt_ids = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
-    # the response ends with the end-of-turn token, so the model also learns where to stop
-    end = [tokenizer.eos_token_id]
-    chosen = tokenizer(row.chosen.text, add_special_tokens=False).input_ids + end
-    rejected = tokenizer(row.rejected.text, add_special_tokens=False).input_ids + end
+    # a response ends with the end-of-turn token, so the model also learns where to stop; one the
+    # generation limit cut off does not: the model never chose to stop there
+    chosen, rejected = (
+        tokenizer(side.text, add_special_tokens=False).input_ids + ([] if side.truncated else [tokenizer.eos_token_id])
+        for side in (row.chosen, row.rejected)
+    )
     longest = max(len(p) for p in prompt_ids) + max(len(chosen), len(rejected))
     return {
         "id": row.id,
