@@ -49,6 +49,8 @@ def main(
     from moalign.training.reference import load_reference
     from moalign.training.online import training_prompts
     from moalign.training.runs import BUDGET_FILE, training_budget
+    from moalign.training.diagnostics import LOGGED_FILE, diagnostic_pairs, logged_record
+    from moalign.generation import model_fingerprint
 
     require_model_dir(model, made_by="the prepare_model stage (dvc repro prepare_model)")
     rows = read_jsonl(pairs, PreferenceRow)
@@ -57,8 +59,9 @@ def main(
     log.info("%s: %d train pairs, dimensions %s", config.train.method, len(rows), ", ".join(config.dimensions.names))
     section = config.register_
     experiment_id = registry.configure(section.tracking_uri, section.experiment)
+    seed = config.train_seed
     fingerprint = run_fingerprint(
-        rows, model, train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=config.seed
+        rows, model, train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=seed
     )
     if config.train.method in ONLINE_METHODS and reward_model is not None:
         import hashlib
@@ -82,16 +85,21 @@ def main(
             history = train_online(
                 rows, model, reward_model, out, checkpoints, train=config.train,
                 dimensions=config.dimensions.names, n_classes=config.reward_classes, dtype=config.model.dtype,
-                seed=config.seed, fingerprint=fingerprint, on_log=registry.StepMetricLogger(run_id),
+                seed=seed, fingerprint=fingerprint, on_log=registry.StepMetricLogger(run_id),
             )
         else:
+            eval_rows = read_jsonl(eval_pairs, PreferenceRow) if eval_pairs else []
             history = train_policy(
                 rows, model, out, checkpoints,
-                train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=config.seed,
+                train=config.train, dimensions=config.dimensions, dtype=config.model.dtype, seed=seed,
                 reference_cache=load_reference(reference, max_length=config.train.max_length) if reference else None,
                 on_log=registry.StepMetricLogger(run_id),
-                eval_rows=read_jsonl(eval_pairs, PreferenceRow) if eval_pairs else (),
+                eval_rows=eval_rows,
             )
+            # the evaluate stage reuses these instead of scoring the same pairs with the same models again
+            record = logged_record(history, diagnostic_pairs(eval_rows, config.train.eval_pairs), model_fingerprint(model))
+            if record is not None:
+                write_json(out / LOGGED_FILE, record)
     except BaseException:
         # not FINISHED: a rerun resumes the checkpoint and continues this run
         registry.finish_training_run(run_id, [], status="FAILED")

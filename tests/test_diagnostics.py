@@ -96,6 +96,33 @@ def test_trainer_logs_diagnostics_at_step_0_every_eval_steps_and_at_the_end(tiny
     budget = training_budget(history, 4)
     assert budget["steps"] == 6 and budget["tokens"] > 6 * 2 * 2 * 5 and budget["seconds"] > 0
 
+    # evaluate reuses the logged endpoints: they must be what scoring the saved models gives
+    from moalign.models import load_model_and_tokenizer
+    from moalign.training.diagnostics import logged_record, reuse_logged
+
+    held_out = diagnostic_pairs(rows(4), 3)
+    record = logged_record(history, held_out, start_model="base-fingerprint")
+    assert record["start"]["rewards/margins"] == evals[0]["eval_rewards/margins"]
+    assert record["end"]["correctness/accuracy"] == evals[-1]["eval_correctness/accuracy"]
+    for directory, logged in ((tmp_path / "out", record["end"]), (tiny_model_dir, record["start"])):
+        model, tokenizer = load_model_and_tokenizer(directory, "float32")
+        scored = preference_diagnostics(model, tokenizer, held_out, DIMS, TEMPLATE,
+                                        max_length=config.train.max_length, batch_size=2)
+        assert scored == pytest.approx(logged, abs=1e-4)
+    assert set(reuse_logged(record, held_out, "base-fingerprint")) == {"policy", "reference"}
+    assert set(reuse_logged(record, held_out, "another-reference")) == {"policy"}
+    assert reuse_logged(record, held_out[:2], "base-fingerprint") == {}  # other pairs: score them afresh
+
+
+def test_logged_endpoints_need_step_0_and_a_later_evaluation():
+    from moalign.training.diagnostics import logged_endpoints
+
+    entry = lambda step, acc: {"step": step, "eval_rewards/accuracies": acc, "eval_runtime": 1.0, "loss": 0.3}
+    assert logged_endpoints([entry(0, 0.5), {"step": 1, "loss": 0.2}, entry(2, 0.75)]) == (
+        {"rewards/accuracies": 0.5}, {"rewards/accuracies": 0.75})
+    assert logged_endpoints([entry(0, 0.5)]) is None  # no evaluation after training
+    assert logged_endpoints([entry(3, 0.5), entry(6, 0.75)]) is None  # resumed: the start is not known
+
 
 def test_score_changes_are_paired_differences_with_intervals():
     policy = [{"a": 5, "b": 2}, {"a": 4, "b": 2}, {"a": 5, "b": 3}, {"a": 3}]

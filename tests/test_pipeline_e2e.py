@@ -120,6 +120,8 @@ def test_metrics_hold_scores_and_a_win_rate(project):
     assert preference["n_pairs"] >= 1
     for side in ("policy", "reference"):
         assert {f"{d}/accuracy" for d in dims} | {"rewards/accuracies"} <= set(preference[side])
+    # both read from the training's own step-0 and last diagnostics, not scored a second time
+    assert preference["from_training_log"] == ["policy", "reference"]
     budget = metrics["training_budget"]
     assert budget["examples"] == len((project / "data/validated/train.jsonl").read_text().splitlines())
     assert budget["steps"] >= 1 and budget["tokens"] > 0 and budget["seconds"] > 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,14 +159,23 @@ def generate_answers(
 
 def preference_accuracy(config, rows, models: Mapping[str, tuple[Path, str]]) -> dict[str, Any]:
     """Held-out preference accuracy and margin per dimension of each model on the validated eval pairs
-    (:mod:`moalign.training.diagnostics`): the same pairs and numbers the training logs as ``eval_*``,
-    so the policy's row here is the training curve's last point and the reference's its first."""
+    (:mod:`moalign.training.diagnostics`): the same pairs and numbers the training logs as ``eval_*``.
+    Where the policy's training logged them for these pairs (:data:`~moalign.training.diagnostics.LOGGED_FILE`),
+    its last point is the policy's row and its step 0 the reference's (when the reference is the
+    model the training started from); only what is missing is computed, each model loaded once."""
+    from moalign.generation import model_fingerprint
     from moalign.models import load_model_and_tokenizer
-    from moalign.training.diagnostics import diagnostic_pairs, preference_diagnostics
+    from moalign.training.diagnostics import LOGGED_FILE, diagnostic_pairs, preference_diagnostics, reuse_logged
 
     pairs = diagnostic_pairs(rows, config.train.eval_pairs)
-    result: dict[str, Any] = {"n_pairs": len(pairs)}
+    record_path = Path(models["policy"][0]) / LOGGED_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    reused = reuse_logged(record, pairs, model_fingerprint(models["reference"][0])) if record else {}
+    result: dict[str, Any] = {"n_pairs": len(pairs), "from_training_log": sorted(reused)}
     for name, (model_dir, made_by) in models.items():
+        if name in reused:
+            result[name] = reused[name]
+            continue
         model, tokenizer = load_model_and_tokenizer(model_dir, config.model.dtype, made_by=made_by)
         result[name] = preference_diagnostics(
             model, tokenizer, pairs, config.dimensions.names, config.dimensions.template,
@@ -178,8 +188,6 @@ def preference_accuracy(config, rows, models: Mapping[str, tuple[Path, str]]) ->
 def training_budget_of(policy_dir: Path) -> dict | None:
     """The policy's training budget (pairs, steps, tokens, seconds) saved beside it by train_policy,
     reported with the result it bought; None for a policy made elsewhere."""
-    import json
-
     from moalign.training.runs import BUDGET_FILE
 
     path = Path(policy_dir) / BUDGET_FILE

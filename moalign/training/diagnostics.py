@@ -82,3 +82,43 @@ def preference_diagnostics(
         metrics[f"{name}/{'accuracies' if plural else 'accuracy'}"] = float((margin[:, i] > 0).double().mean())
         metrics[f"{name}/{'margins' if plural else 'margin'}"] = float(margin[:, i].mean())
     return metrics
+
+
+#: beside a trained policy: the diagnostics its training logged before the first step and after the last
+LOGGED_FILE = "heldout_preference.json"
+_PREFIX = "eval_"
+
+
+def logged_endpoints(history: Sequence[dict]) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The diagnostics a run logged at step 0 (its starting model) and at its last evaluation (the
+    trained model), without the ``eval_`` prefix; None unless the run logged both."""
+    logged = [
+        (entry["step"], {key[len(_PREFIX):]: value for key, value in entry.items()
+                         if key.startswith(_PREFIX) and "/" in key})
+        for entry in history
+    ]
+    logged = [(step, metrics) for step, metrics in logged if metrics]
+    if len(logged) < 2 or logged[0][0] != 0:
+        return None
+    return logged[0][1], logged[-1][1]
+
+
+def logged_record(history: Sequence[dict], rows: Sequence[PreferenceRow], start_model: str) -> dict | None:
+    """What :data:`LOGGED_FILE` holds: which pairs were scored, a fingerprint of the starting model,
+    and both endpoints, so an evaluation of the same pairs and models can reuse them."""
+    endpoints = logged_endpoints(history)
+    if endpoints is None:
+        return None
+    return {"pairs": [row.id for row in rows], "start_model": start_model, "start": endpoints[0], "end": endpoints[1]}
+
+
+def reuse_logged(record: dict | None, rows: Sequence[PreferenceRow], reference_model: str) -> dict[str, dict]:
+    """The logged diagnostics that apply to an evaluation of ``rows``: the trained policy's (its
+    ``end``) when the same pairs were scored, and the reference's (``start``) when the reference is
+    also the model the training started from; {} when nothing applies."""
+    if not record or record.get("pairs") != [row.id for row in rows]:
+        return {}
+    reused = {"policy": record["end"]}
+    if record.get("start_model") == reference_model:
+        reused["reference"] = record["start"]
+    return reused
