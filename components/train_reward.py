@@ -57,7 +57,7 @@ def main(
     results = train_reward_model(
         reward_model, tokenizer, train, held_out, output_dir=checkpoints, learning_rate=section.learning_rate,
         epochs=section.epochs, batch_size=section.batch_size, max_length=section.max_length, seed=config.seed,
-        save_steps=section.save_steps,
+        save_steps=section.save_steps, top_layers=section.top_layers,
     )
     # Eq. 11's statistics: how probable each head finds each intensity over the training responses
     stats = RewardStats(dims, classes)

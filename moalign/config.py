@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from moalign.annotation import Pairing
+
 DEFAULT_PARAMS = "params.yaml"
 
 
@@ -156,11 +158,17 @@ class AnnotateParams(_Section):
     n_train_prompts: int = Field(64, ge=1, description="Train prompts drawn from the pool.")
     n_eval_prompts: int = Field(32, ge=1, description="Held-out prompts drawn from the pool.")
     candidates_per_prompt: int = Field(4, ge=2, description="On-policy samples per prompt.")
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(
+        48, ge=1, description="Length limit of a candidate; one it cuts off is marked truncated and trained "
+        "without an end-of-turn token."
+    )
+    temperature: float = Field(
+        0.7, gt=0, description="Sampling temperature: near the greedy answers that evaluation measures "
+        "(SmolLM2-135M's samples at 1.0 are mostly noise)."
+    )
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(16, ge=1, description="Sequences per generate() call (prompts x candidates).")
-    pairing: Literal["best_vs_worst", "all_separated"] = Field(
+    pairing: Pairing = Field(
         "best_vs_worst",
         description="best_vs_worst: one pair per prompt; all_separated: every two candidates the judge "
         "separates (up to C(n, 2) pairs per prompt from the same samples).",
@@ -203,6 +211,10 @@ class RewardParams(_Section):
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(384, ge=8, description="Prompt + response tokens; the start is cut, the end kept.")
+    top_layers: int | None = Field(
+        None, ge=1, description="Fine-tune only the top N backbone layers (and the heads): backward stops there; "
+        "null = the whole backbone, as in MOSLIM."
+    )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last.")
     model_name: str = Field("moalign-reward", min_length=1, description="MLflow registered model name.")
 
@@ -252,6 +264,11 @@ class TrainParams(_Section):
         "amopo",
         description="Preference-optimisation objective (moalign/training/methods.py, docs/losses.md); the "
         "moslim_*, morlhf and rewarded_soups methods optimise online against the reward model (train.online).",
+    )
+    seed: int | None = Field(
+        None, description="Seed of the training alone (data order, adapter init, AMoPO's weight draws, online "
+        "samples); null = the top-level seed. Vary it to repeat a training on the same pairs: changing the "
+        "top-level seed also resamples the annotation."
     )
     beta: float = Field(0.8, gt=0, description="AMoPO/SimPO reward scale (AMoPO paper: 0.8).")
     gamma: float = Field(2.0, ge=0, description="Target reward margin (AMoPO paper: 2.0).")
@@ -452,6 +469,11 @@ class Params(_Section):
             raise ValueError(f"reward.classes names {unknown}, which are not in dimensions.names "
                              f"{self.dimensions.names}")
         return self
+
+    @property
+    def train_seed(self) -> int:
+        """The training's seed: train.seed, or the top-level seed when that is null."""
+        return self.seed if self.train.seed is None else self.train.seed
 
     @property
     def reward_classes(self) -> list[int]:

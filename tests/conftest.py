@@ -15,6 +15,45 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: the tiny model's matrices are so small that a second thread
+    only adds contention (up to 10x slower on a busy 2-core machine); results are the same."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def untrained_reward_dir(tmp_path_factory, tiny_model_dir):
+    """``make(dims, classes)``: a reward model directory the online methods can load (random heads,
+    statistics over four answers), made once per (dims, classes)."""
+    made = {}
+
+    def make(dims, classes):
+        key = (tuple(dims), tuple(classes))
+        if key not in made:
+            from transformers import AutoTokenizer
+
+            from moalign.rewards import RewardStats
+            from moalign.rewards.model import MultiHeadRewardModel, score_texts
+
+            out = tmp_path_factory.mktemp("reward") / "reward"
+            model = MultiHeadRewardModel.from_backbone(tiny_model_dir, dims, classes)
+            tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+            model.save(out, tokenizer=tokenizer)
+            stats = RewardStats(dims, classes)
+            stats.update(score_texts(model, tokenizer, ["Q?"] * 4, ["a", "bb", "ccc dd", "e f g h"]))
+            stats.save(out)
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
 def serve():
     """``serve(**settings)`` starts a loopback fake OpenAI-compatible server
     (tests/fake_openai_server.py); every one is stopped after the test."""

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moalign.config import ParamsError, load_params, parse_params
+from moalign.config import Params, ParamsError, load_params, parse_params
 from moalign.dimensions import dimension_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +93,8 @@ def test_a_pasted_api_key_is_refused_without_being_echoed():
     assert "NAME of an environment variable" in str(error.value)
     assert "abc123XYZ" not in str(error.value)
     assert parse_params({"judge": {"api_key_env": "OPENAI_API_KEY"}}).judge.api_key_env == "OPENAI_API_KEY"
+
+
+def test_train_seed_defaults_to_the_top_level_seed():
+    assert Params.model_validate({"seed": 3}).train_seed == 3
+    assert Params.model_validate({"seed": 3, "train": {"seed": 7}}).train_seed == 7

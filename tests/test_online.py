@@ -49,21 +49,9 @@ def test_average_state_dicts_by_hand() -> None:
 
 
 @pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
-    """An (untrained) reward model with statistics: enough to give the policy a reward signal."""
-    from transformers import AutoTokenizer
-
-    from moalign.rewards import RewardStats
-    from moalign.rewards.model import MultiHeadRewardModel, score_texts
-
-    out = tmp_path_factory.mktemp("reward") / "reward"
-    model = MultiHeadRewardModel.from_backbone(tiny_model_dir, DIMS, CLASSES)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model.save(out, tokenizer=tokenizer)
-    stats = RewardStats(DIMS, CLASSES)
-    stats.update(score_texts(model, tokenizer, ["Q?"] * 4, ["a", "bb", "ccc dd", "e f g h"]))
-    stats.save(out)
-    return out
+def reward_dir(untrained_reward_dir) -> Path:
+    """An untrained reward model with statistics: enough to give the policy a reward signal."""
+    return untrained_reward_dir(DIMS, CLASSES)
 
 
 def _train(method: str, **online):

@@ -129,14 +129,7 @@ def test_every_train_method_has_an_overfit_case():
     assert set(METHODS) <= set(TRAIN_METHODS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the tiny model's matrices are so small that a second thread only adds contention on a busy
-    # 2-core machine (tests/test_ppo.py)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -365,22 +358,9 @@ def peaked_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
-    """A reward model directory for train_online to load (as in tests/test_online.py); its heads are
-    never asked, :class:`WordReward` replaces their rewards."""
-    from transformers import AutoTokenizer
-
-    from moalign.rewards import RewardStats
-    from moalign.rewards.model import MultiHeadRewardModel, score_texts
-
-    out = tmp_path_factory.mktemp("reward") / "reward"
-    model = MultiHeadRewardModel.from_backbone(tiny_model_dir, DIMS, CLASSES)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model.save(out, tokenizer=tokenizer)
-    stats = RewardStats(DIMS, CLASSES)
-    stats.update(score_texts(model, tokenizer, ["Q?"] * 4, ["a", "bb", "ccc dd", "e f g h"]))
-    stats.save(out)
-    return out
+def reward_dir(untrained_reward_dir) -> Path:
+    """An untrained reward model for train_online to load; :class:`WordReward` replaces its rewards."""
+    return untrained_reward_dir(DIMS, CLASSES)
 
 
 #: where each algorithm logs the mean reward of a step's samples

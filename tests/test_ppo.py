@@ -20,14 +20,7 @@ from moalign.training.ppo import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the tiny model's matrices are so small that a second thread only adds contention (10x slower
-    # on a busy 2-core machine); results are the same either way
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 PROMPTS = ["Name a colour.", "Count to three.", [{"role": "user", "content": "Say hi."}], "What is 2 + 2?"]

@@ -389,3 +389,14 @@ def test_fresh_heads_depend_on_the_seed_alone(tiny_model_dir):
     for mine, same, different in zip(first.heads, again.heads, other.heads):
         assert torch.equal(mine.weight, same.weight)
         assert not torch.equal(mine.weight, different.weight)
+
+
+def test_top_layers_trains_only_the_top_of_the_backbone_and_the_heads(tiny_model_dir, tokenizer, tmp_path):
+    model = _model(tiny_model_dir, ("sentiment", "negativity"), (5, 2))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_reward_model(model, tokenizer, _toy_examples(16, seed=1), _toy_examples(8, seed=2), output_dir=tmp_path / "ckpt",
+                       learning_rate=1e-2, epochs=1, batch_size=8, max_length=32, seed=0, top_layers=1)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert any(name.startswith("heads.") for name in changed)
+    assert any(name.startswith("backbone.layers.1.") for name in changed)  # the top one of the tiny model's 2
+    assert not any(name.startswith(("backbone.layers.0.", "backbone.embed_tokens")) for name in changed), changed

@@ -208,6 +208,24 @@ def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batc
     return head_metrics(probs, _labels(examples, len(dimensions)), dimensions, majority)
 
 
+def freeze_lower_layers(model: MultiHeadRewardModel, top: int | None) -> None:
+    """Leave only the backbone's top ``top`` transformer layers, its final norm and the heads
+    trainable (None: everything). Backward then stops below them, which on a CPU (compute-bound)
+    saves most of the backward pass."""
+    if top is None:
+        return
+    backbone = model.backbone
+    stacks = [m for m in backbone.modules()
+              if isinstance(m, torch.nn.ModuleList) and len(m) == backbone.config.num_hidden_layers]
+    if not stacks:
+        raise RewardModelError(f"{type(backbone).__name__}: no stack of {backbone.config.num_hidden_layers} layers "
+                               "to freeze; set reward.top_layers to null")
+    frozen = [*backbone.get_input_embeddings().parameters(),
+              *(p for layer in list(stacks[0])[: max(0, len(stacks[0]) - top)] for p in layer.parameters())]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+
+
 def train_reward_model(
     model: MultiHeadRewardModel,
     tokenizer,
@@ -220,13 +238,15 @@ def train_reward_model(
     batch_size: int,
     max_length: int,
     seed: int,
+    top_layers: int | None = None,
     logging_steps: int = 1,
     callbacks: Sequence | None = None,
     save_steps: int = 50,
     gradient_accumulation_steps: int = 1,
     lr_scheduler_type: str = "cosine",
 ) -> dict:
-    """Fine-tune ``model`` (backbone and heads) in place on ``train_examples`` (:func:`reward_examples`).
+    """Fine-tune ``model`` (the heads and the backbone's ``top_layers``, all of it by default) in place on
+    ``train_examples`` (:func:`reward_examples`).
 
     Checkpoints go to ``output_dir`` every ``save_steps``; a rerun with the same examples, settings
     and heads resumes from the newest one (a fingerprint file guards against resuming another run).
@@ -253,8 +273,10 @@ def train_reward_model(
             seed,
             gradient_accumulation_steps,
             lr_scheduler_type,
+            top_layers,
         ],
     }
+    freeze_lower_layers(model, top_layers)
     claim_checkpoints(output_dir, fingerprint(run))
 
     encoded = encode_pairs(
