@@ -49,8 +49,6 @@ def main(
     from moalign.training.reference import load_reference
     from moalign.training.online import training_prompts
     from moalign.training.runs import BUDGET_FILE, training_budget
-    from moalign.training.diagnostics import LOGGED_FILE, diagnostic_pairs, logged_record
-    from moalign.generation import model_fingerprint
 
     require_model_dir(model, made_by="the prepare_model stage (dvc repro prepare_model)")
     rows = read_jsonl(pairs, PreferenceRow)
@@ -96,10 +94,6 @@ def main(
                 on_log=registry.StepMetricLogger(run_id),
                 eval_rows=eval_rows,
             )
-            # the evaluate stage reuses these instead of scoring the same pairs with the same models again
-            record = logged_record(history, diagnostic_pairs(eval_rows, config.train.eval_pairs), model_fingerprint(model))
-            if record is not None:
-                write_json(out / LOGGED_FILE, record)
     except BaseException:
         # not FINISHED: a rerun resumes the checkpoint and continues this run
         registry.finish_training_run(run_id, [], status="FAILED")

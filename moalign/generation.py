@@ -6,6 +6,7 @@ in the caller's order. Left padding, because decoder-only models generate from t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -134,12 +135,19 @@ def generate(
 
 def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     """Content hash of a model directory's config and weights: generations of another model (a
-    retrained policy in the same folder) never count as done."""
-    model_dir = Path(model_dir)
+    retrained policy in the same folder) never count as done. Hashed once per process while no file
+    changes (size and modification time), since several steps of one stage ask for it."""
+    model_dir = Path(model_dir).resolve()
+    files = sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors"))
+    return _hash_files(tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
+    for path, _, _ in files:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 24), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]

@@ -436,7 +436,8 @@ def train_policy(
     model scores from :mod:`moalign.training.reference` (used for the first phase; missing ones are
     computed). ``on_log`` receives every log entry as it is made. ``eval_rows`` (held-out pairs) get
     the preference diagnostics before training, every ``train.eval_steps`` and at the end of each
-    phase. Returns the log history (one dict per logging step, tagged with its phase, ``step``
+    phase; the first and last are also saved beside the policy for the evaluate stage
+    (:data:`~moalign.training.diagnostics.LOGGED_FILE`). Returns the log history (one dict per logging step, tagged with its phase, ``step``
     counted across phases).
     """
     from pathlib import Path
@@ -484,6 +485,15 @@ def train_policy(
                           keep=index < len(phases) - 1, dtype=model.dtype, device=model.device)
 
     save_policy(model, tokenizer, out_dir, history)
+    if diagnose is not None:
+        from moalign.data.schema import write_json
+        from moalign.generation import model_fingerprint
+        from moalign.training.diagnostics import LOGGED_FILE, logged_record
+
+        # the evaluate stage reuses these instead of scoring the same pairs with the same models again
+        record = logged_record(history, held_out, model_fingerprint(model_dir))
+        if record is not None:
+            write_json(Path(out_dir) / LOGGED_FILE, record)
     return history
 
 
