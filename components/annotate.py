@@ -5,7 +5,8 @@ task's prompts, scores them with the judge and pairs best against worst. ``data.
 loads your pairs (``data.format``) and has the judge score only the dimensions the file lacks.
 
 Writes ``pairs.jsonl`` (preference rows, train and eval prompts), ``candidates.jsonl`` (every scored
-response, for audit) and ``stats.json`` (counts, including prompts that yielded no pair and why).
+response, paired or not: the reward model's data), ``stats.json`` (counts, including prompts that
+yielded no pair and why) and, for a file, ``judged.jsonl`` (each judge call's dimensions and scores).
 Judge calls are cached (``judge.cache_path``) and sampled candidates journaled (``--journal``): a
 killed or over-budget run resumes without repeating either, and samples what an uninterrupted run
 would have.
@@ -46,9 +47,13 @@ def main(
     try:
         with open_judge(config.judge, config.dimensions.names) as judge:
             if config.data.source == "file":
+                from moalign.annotation import responses_of
+
                 rows, audit, stats = annotate_file(config, judge, log)
+                write_jsonl(out / "judged.jsonl", audit)
+                candidates = responses_of(rows)
             else:
-                rows, audit, stats = annotate_embedded(config, tasks, model, judge, log, journal)
+                rows, candidates, stats = annotate_embedded(config, tasks, model, judge, log, journal)
     except BudgetExhausted as error:
         typer.secho(f"{error}. Every answer so far is cached in {config.judge.cache_path}: rerun to go on.",
                     fg=typer.colors.RED, err=True)
@@ -57,7 +62,7 @@ def main(
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     write_jsonl(out / "pairs.jsonl", rows)
-    write_jsonl(out / "candidates.jsonl", audit)
+    write_jsonl(out / "candidates.jsonl", candidates)
     write_json(out / "stats.json", stats)
     log.info("%d pairs; skipped: %s", len(rows), stats.get("skipped") or "none")
 
@@ -91,8 +96,8 @@ def annotate_embedded(config, tasks: Path, model: Path, judge, log, journal: Pat
                                   description="annotate")
         return [done[key] for key in keyed]
 
-    rows, audit, stats = annotate(chosen, sample, judge, SOURCE, section.pairing, section.max_pairs_per_prompt)
-    return rows, audit, stats.as_dict()
+    rows, candidates, stats = annotate(chosen, sample, judge, SOURCE, section.pairing, section.max_pairs_per_prompt)
+    return rows, candidates, stats.as_dict()
 
 
 def annotate_file(config, judge, log):

@@ -43,6 +43,7 @@ def main(
     from moalign.data.schema import write_json, write_jsonl
     from moalign.evaluation.run import (
         generate_answers, judge_answers, plan_evaluation, preference_accuracy, training_budget_of,
+        training_reward_of,
     )
     from moalign.judges import open_judges
 
@@ -59,6 +60,7 @@ def main(
 
         results["heldout_preference"] = preference_accuracy(config, read_jsonl(eval_pairs, PreferenceRow), models)
     results["training_budget"] = training_budget_of(policy)
+    results["training_reward"] = training_reward_of(policy, config.train)
     write_jsonl(out, rows)
     write_json(metrics, results)
     print_table(results, config.dimensions.names)
@@ -144,6 +146,11 @@ def print_table(results: dict, dimensions) -> None:
             f"training budget: {budget['examples']} examples, {budget['steps']} steps, "
             f"{budget['tokens'] or '—'} tokens, {budget['seconds'] or '—'} s"
         )
+    trend = results.get("training_reward")
+    for phase, fit in (trend or {}).get("phases", {}).items():
+        interval = "—" if fit["ci95"] is None else f"{fit['slope']:+.4f} per step [{fit['ci95'][0]:+.4f}, {fit['ci95'][1]:+.4f}]"
+        Console(stderr=True).print(f"training reward ({trend['key']}, {phase}): {fit['first']:.3f} → {fit['last']:.3f} "
+                                   f"over {fit['steps']} logged steps, slope {interval}", markup=False)
 
 
 def _change_cell(change) -> str:

@@ -2,8 +2,8 @@
 
 One backbone (the starting model, ``models/base``) with a classification head per dimension in
 ``dimensions.names``; each head learns the intensity class of its dimension's judge score
-(``reward.classes``: 2-5 classes per dimension, MOSLIM's data types). Every distinct response of the
-validated pairs is one example. After training, the heads' probabilities over the training
+(``reward.classes``: 2-5 classes per dimension, MOSLIM's data types). Every distinct scored response
+(annotate's ``candidates.jsonl``: paired or not) is one example, train and eval by its prompt's split. After training, the heads' probabilities over the training
 responses give the per-(head, intensity) mean and standard deviation that MOSLIM's reward mapping
 standardises with (Eq. 11, ``reward_stats.json`` beside the model).
 
@@ -25,8 +25,10 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    pairs: Path = typer.Option(..., help="Validated train pairs (data/validated/train.jsonl)."),
-    eval_pairs: Path = typer.Option(..., help="Validated eval pairs (data/validated/eval.jsonl)."),
+    candidates: Path = typer.Option(
+        ..., help="Every scored response (data/annotated/candidates.jsonl); eval-split prompts' responses "
+        "measure the heads."
+    ),
     model: Path = typer.Option(..., help="Backbone to start from (models/base)."),
     out: Path = typer.Option(..., help="Reward model folder (models/reward)."),
     metrics: Path = typer.Option(..., help="Per-head accuracy and calibration (metrics/reward.json)."),
@@ -38,17 +40,17 @@ def main(
     log = setup_logging("train_reward")
     from transformers import AutoTokenizer
 
-    from moalign.data.schema import PreferenceRow, read_jsonl, write_json
+    from moalign.data.schema import ScoredCandidate, read_jsonl, write_json
     from moalign.models import resolve_dtype
     from moalign.rewards.mapping import RewardStats
     from moalign.rewards.model import MultiHeadRewardModel, score_texts
-    from moalign.rewards.training import reward_examples, train_reward_model
+    from moalign.rewards.training import reward_examples, split_candidates, train_reward_model
 
     dims, classes, section = list(config.dimensions.names), config.reward_classes, config.reward
-    train = reward_examples(read_jsonl(pairs, PreferenceRow), dims, classes)
-    held_out = reward_examples(read_jsonl(eval_pairs, PreferenceRow), dims, classes)
+    train, held_out = (reward_examples(part, dims, classes)
+                       for part in split_candidates(read_jsonl(candidates, ScoredCandidate)))
     if not train:
-        raise typer.BadParameter(f"{pairs} holds no pairs: nothing to train the reward model on")
+        raise typer.BadParameter(f"{candidates} holds no train-split response: nothing to train the reward model on")
     log.info("%d training responses, %d eval; heads %s", len(train), len(held_out),
              ", ".join(f"{d}({n})" for d, n in zip(dims, classes)))
     reward_model = MultiHeadRewardModel.from_backbone(model, dims, classes, dtype=resolve_dtype(config.model.dtype),
@@ -61,6 +63,7 @@ def main(
     )
     # Eq. 11's statistics: how probable each head finds each intensity over the training responses
     stats = RewardStats(dims, classes)
+    stats.count_labels([e["labels"] for e in train])
     stats.update(score_texts(reward_model, tokenizer, [e["prompt"] for e in train], [e["response"] for e in train],
                              batch_size=section.batch_size, max_length=section.max_length))
     reward_model.save(out, tokenizer=tokenizer)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from moalign.data.schema import PreferenceRow, ScoredResponse, TaskPrompt
+from moalign.data.schema import PreferenceRow, ScoredCandidate, ScoredResponse, TaskPrompt
 from moalign.judges.base import Judge, Scores, score_many
 
 #: sample(prompts) -> for each prompt, its candidate responses
@@ -126,22 +126,22 @@ def annotate(
     source: str,
     pairing: str = "best_vs_worst",
     max_pairs_per_prompt: int | None = None,
-) -> tuple[list[PreferenceRow], list[dict], AnnotationStats]:
+) -> tuple[list[PreferenceRow], list[ScoredCandidate], AnnotationStats]:
     """Sample, score and pair (:func:`pairs_from_candidates`). Returns the pairs, every scored
-    candidate (for audit), and counts."""
+    candidate (the reward model's data, and an audit of the pairing), and counts."""
     stats = AnnotationStats(prompts=len(tasks))
     candidates_per_task = sample([task.prompt for task in tasks])
     # one batch for every candidate of every prompt: an LLM judge runs them concurrently on one client
     flat = score_many(judge, [(task, c) for task, cs in zip(tasks, candidates_per_task, strict=True) for c in cs])
     rows: list[PreferenceRow] = []
-    audit: list[dict] = []
+    scored: list[ScoredCandidate] = []
     offset = 0
     for task, candidates in zip(tasks, candidates_per_task, strict=True):
         scores, offset = flat[offset : offset + len(candidates)], offset + len(candidates)
         stats.candidates += len(candidates)
-        audit.extend(
-            {"prompt_id": task.id, "split": task.split, "candidate": i, "text": c, "scores": s,
-             "truncated": getattr(c, "truncated", False)}
+        scored.extend(
+            ScoredCandidate(id=f"{task.id}:{i}", prompt_id=task.id, split=task.split, prompt=task.prompt, text=c,
+                            scores=dict(s), truncated=getattr(c, "truncated", False))
             for i, (c, s) in enumerate(zip(candidates, scores, strict=True))
         )
         # an LLM judge that failed on a dimension leaves it out: such a candidate cannot be ranked
@@ -158,7 +158,24 @@ def annotate(
         rows.extend(pairs)
     stats.pairs = len(rows)
     stats.skipped = +stats.skipped  # drop zero counts
-    return rows, audit, stats
+    return rows, scored, stats
+
+
+def responses_of(rows: Sequence[PreferenceRow]) -> list[ScoredCandidate]:
+    """Each distinct (prompt, response) of the pairs' chosen and rejected sides, once, with its first
+    pair's scores: a response repeated across pairs would otherwise weigh twice in the reward model."""
+    seen: set[tuple[str, str, str]] = set()
+    responses = []
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            response = getattr(row, side)
+            if (row.prompt_id, row.prompt, response.text) not in seen:
+                seen.add((row.prompt_id, row.prompt, response.text))
+                responses.append(ScoredCandidate(
+                    id=f"{row.id}:{side}", prompt_id=row.prompt_id, split=row.split, prompt=row.prompt,
+                    text=response.text, scores=dict(response.scores), truncated=response.truncated,
+                ))
+    return responses
 
 
 def fill_missing_scores(

@@ -251,6 +251,11 @@ class OnlineParams(_Section):
         None, description="Rewarded Soups' mixture over the per-dimension policies (on the simplex); default "
         "uniform."
     )
+    tag_intensities: dict[str, list[int]] | None = Field(
+        None, description="MOSLIM: the intensities control tags may ask for, per dimension ([] = never "
+        "control it; a dimension left out: every intensity its reward head was taught). {verbosity: [1, 5]} "
+        "trains a binary length control."
+    )
     ppo_epochs: int = Field(2, ge=1, description="PPO: optimisation passes over each rollout batch.")
     clip_range: float = Field(0.2, gt=0, description="PPO: clipping of the probability ratio and the value.")
     vf_coef: float = Field(0.1, ge=0, description="PPO: weight of the value loss.")
@@ -468,6 +473,17 @@ class Params(_Section):
         if unknown:
             raise ValueError(f"reward.classes names {unknown}, which are not in dimensions.names "
                              f"{self.dimensions.names}")
+        asked = self.train.online.tag_intensities or {}
+        for dimension, levels in asked.items():
+            if dimension not in self.dimensions.names:
+                raise ValueError(f"train.online.tag_intensities names {dimension!r}, which is not in "
+                                 f"dimensions.names {self.dimensions.names}")
+            n = self.reward.classes.get(dimension, 5)
+            if any(not 1 <= level <= n for level in levels):
+                raise ValueError(f"train.online.tag_intensities.{dimension} {levels}: intensities are 1-{n} "
+                                 f"(reward.classes)")
+        if asked and not any(asked.get(d, True) for d in self.dimensions.names):
+            raise ValueError("train.online.tag_intensities leaves no dimension to control")
         return self
 
     @property

@@ -32,10 +32,14 @@ def test_annotate_counts_every_prompt():
         TaskPrompt(id="b", split="eval", category="arithmetic", prompt="What is 4 + 3?", checks={"answer": 7}),
     ]
     fake_samples = {"What is 2 + 3?": ["5", "9"], "What is 4 + 3?": ["7", "7"]}
-    rows, audit, stats = annotate(tasks, lambda prompts: [fake_samples[p] for p in prompts], judge, "test")
+    rows, scored, stats = annotate(tasks, lambda prompts: [fake_samples[p] for p in prompts], judge, "test")
     assert [r.id for r in rows] == ["a-pair"]
     assert rows[0].chosen.text == "5" and rows[0].rejected.text == "9"
-    assert len(audit) == 4
+    # every candidate stays, the tied prompt's too: the reward model trains on them
+    assert [(c.id, c.split, c.prompt, c.scores["correctness"]) for c in scored] == [
+        ("a:0", "train", "What is 2 + 3?", 5), ("a:1", "train", "What is 2 + 3?", 1),
+        ("b:0", "eval", "What is 4 + 3?", 5), ("b:1", "eval", "What is 4 + 3?", 5),
+    ]
     assert stats.as_dict() == {
         "prompts": 2, "candidates": 4, "pairs": 1, "paired_prompts": 1, "skipped": {"all_candidates_tied": 1}
     }
@@ -49,7 +53,7 @@ def test_a_candidate_cut_off_by_the_length_limit_stays_marked_in_pairs_and_audit
     sampled = [Completion("The answer is 5", truncated=False), Completion("Let me think: 2 plus 3 is", truncated=True)]
     rows, audit, _ = annotate([task], lambda prompts: [sampled], judge, "test")
     assert (rows[0].chosen.truncated, rows[0].rejected.truncated) == (False, True)
-    assert [a["truncated"] for a in audit] == [False, True]
+    assert [a.truncated for a in audit] == [False, True]
     assert '"truncated":true' in rows[0].model_dump_json()  # survives the JSONL round trip
 
 

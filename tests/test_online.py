@@ -134,3 +134,30 @@ def test_reward_heads_that_differ_from_the_config_are_named(tmp_path, tiny_model
     with pytest.raises(RewardModelError, match=r"harmlessness\(2\).*harmlessness\(5\)"):
         train_online(_rows(), tiny_model_dir, reward_dir, tmp_path / "p", tmp_path / "c", train=config.train,
                      dimensions=DIMS, n_classes=[5, 5, 5, 5], dtype="float32", seed=0, fingerprint="f")
+
+
+def test_tag_intensities_are_the_taught_ones_or_those_asked_for(caplog) -> None:
+    from moalign.rewards import RewardStats
+    from moalign.training.online import tag_intensities
+
+    stats = RewardStats(["correctness", "harmlessness"], [5, 2])
+    stats.count_labels(torch.tensor([[0, 0], [4, 1], [2, 1]]))
+    with caplog.at_level("WARNING"):
+        assert tag_intensities(stats, None) == [[1, 3, 5], [1, 2]]
+    assert "correctness: no training response has intensity 2, 4" in caplog.text
+    assert tag_intensities(stats, {"correctness": [5, 5], "harmlessness": []}) == [[5], []]
+    with pytest.raises(ValueError, match=r"tag_intensities.correctness asks for \[4\], which no training"):
+        tag_intensities(stats, {"correctness": [4, 5]})
+
+
+@pytest.mark.parametrize(("asked", "message"), [
+    ({"helpfulness": [1]}, "names 'helpfulness'"),
+    ({"harmlessness": [3]}, r"harmlessness \[3\]: intensities are 1-2"),
+    ({d: [] for d in ["correctness", "instruction_following", "verbosity", "harmlessness"]}, "no dimension"),
+])
+def test_tag_intensities_are_checked_when_params_load(asked, message) -> None:
+    from pydantic import ValidationError
+
+    raw = {"reward": {"classes": {"harmlessness": 2}}, "train": {"online": {"tag_intensities": asked}}}
+    with pytest.raises(ValidationError, match=message):
+        Params.model_validate(raw)

@@ -363,21 +363,11 @@ def reward_dir(untrained_reward_dir) -> Path:
     return untrained_reward_dir(DIMS, CLASSES)
 
 
-#: where each algorithm logs the mean reward of a step's samples
-REWARD_KEYS = {"rloo": "reward", "online_dpo": "objective/scores", "ppo": "score_mean"}
-
-
-def slope(values: list[float]) -> float:
-    """The least-squares slope of ``values`` over their index."""
-    steps = range(len(values))
-    x, y = fmean(steps), fmean(values)
-    return sum((s - x) * (v - y) for s, v in zip(steps, values)) / sum((s - x) ** 2 for s in steps)
-
-
 def _overfit_online(config: Params, model_dir: Path, reward_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 
-    from moalign.training.online import algorithm_of, train_online
+    from moalign.training.online import REWARD_LOG_KEYS, algorithm_of, train_online
+    from moalign.training.runs import reward_trend
 
     rewards: list[WordReward] = []
 
@@ -407,7 +397,7 @@ def _overfit_online(config: Params, model_dir: Path, reward_dir: Path, tmp_path:
         weights = train.online.morlhf_weights if train.method == "morlhf" else [1.0, 0.0]
         phases = {train.method: [w / sum(weights) for w in weights]}
     assert [reward.weights for reward in rewards] == list(phases.values())
-    key = REWARD_KEYS[algorithm_of(train.method, train.online)]
+    key = REWARD_LOG_KEYS[algorithm_of(train.method, train.online)]
     start, tokenizer = load_model_and_tokenizer(model_dir, "float32")
     for phase, reward in zip(phases, rewards):
         # MOSLIM's prompts carry control tags (at least one each), the baselines' none
@@ -419,7 +409,7 @@ def _overfit_online(config: Params, model_dir: Path, reward_dir: Path, tmp_path:
         assert logged == pytest.approx(reward.means, abs=1e-5), (phase, logged, reward.means)
         trend = [round(m, 2) for m in reward.means]
         assert len(trend) >= 8, f"{phase}: {len(trend)} scored steps"
-        assert slope(reward.means) > 0, f"{phase}: the reward fell over training: {trend}"
+        assert reward_trend(history, key)[phase]["slope"] > 0, f"{phase}: the reward fell over training: {trend}"
         # the saved weights (a soup's ingredients: each one's own), on more samples than a step has
         saved = tmp_path / "checkpoints" / phase / "final" if len(phases) > 1 else tmp_path / "policy"
         policy = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)

@@ -222,4 +222,7 @@ def test_exp_run_trains_every_method_end_to_end(project, method):
     # a control-tag policy is also asked for each intensity of each dimension
     tagged = method == "controllable_cpo" or method.startswith("moslim_")
     assert ("controllability" in metrics) == tagged
+    # an online run reports its reward's slope over the steps, offline ones do not
+    online = method.startswith("moslim_") or method in ("morlhf", "rewarded_soups")
+    assert (metrics["training_reward"] is not None) == online
     assert (project / "eval" / "controllability.csv").is_file() == tagged

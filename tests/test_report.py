@@ -189,6 +189,15 @@ def test_training_curves_draw_one_line_per_phase_and_skip_summary_entries():
     assert len(margin_ax.lines) == 3  # two phases and the zero line
 
 
+def test_training_curves_of_an_online_run_show_its_reward_and_trend():
+    history = [{"phase": "moslim_rloo", "step": s, "loss": 0.1, "reward": 0.1 * s} for s in range(1, 6)]
+    fig = training_curves(history)
+    reward_ax = fig.axes[1]
+    assert "reward" in reward_ax.get_title()
+    assert [line.get_label()[:5] for line in reward_ax.lines] == ["moslim_rloo"[:5], "trend"]
+    assert "+0.1/step" in reward_ax.lines[1].get_label()
+
+
 def test_training_curves_without_margins_say_so():
     history = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}]
     fig = training_curves(history)

@@ -37,6 +37,23 @@ def test_control_prompts_are_seeded_and_parse_back() -> None:
     assert all((targets[:, h] == UNCONTROLLED).any() and (targets[:, h] != UNCONTROLLED).any() for h in range(3))
 
 
+def test_tags_ask_only_for_the_intensities_the_reward_model_was_taught() -> None:
+    stats = RewardStats(DIMS, CLASSES)
+    # no training response scored correctness 2-4, and none was scored on harmlessness at all
+    stats.count_labels(torch.tensor([[0, 0, -100], [4, 2, -100], [4, 1, -100]]))
+    assert stats.supported_intensities() == [[1, 5], [1, 2, 3], []]
+    rows = control_prompts([(f"p{i}", "Q?") for i in range(60)], DIMS, CLASSES, seed=0,
+                           intensities=stats.supported_intensities())
+    asked = {d: {r["targets"][d] for r in rows if d in r["targets"]} for d in DIMS}
+    assert asked == {"correctness": {1, 5}, "verbosity": {1, 2, 3}, "harmlessness": set()}
+    assert RewardStats.from_dict(stats.to_dict()).supported_intensities() == [[1, 5], [1, 2, 3], []]
+    # statistics saved before the counts existed allow every intensity
+    legacy = stats.to_dict()
+    for head in legacy["heads"].values():
+        del head["label_counts"]
+    assert RewardStats.from_dict(legacy).supported_intensities() == [[1, 2, 3, 4, 5], [1, 2, 3], [1, 2]]
+
+
 def test_target_classes_errors_name_the_prompt() -> None:
     with pytest.raises(ControlTagError, match=r"prompt 1: <harmlessness 3> asks for more than .* 2 intensities"):
         target_classes(["<correctness 2>\nQ", "<harmlessness 3>\nQ"], DIMS, CLASSES)

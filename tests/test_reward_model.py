@@ -20,6 +20,7 @@ from moalign.rewards.model import (
     pad_left,
     score_texts,
 )
+from moalign.annotation import responses_of
 from moalign.rewards.training import head_metrics, reward_examples, train_reward_model
 
 
@@ -222,7 +223,7 @@ def test_reward_examples_dedup_labels_and_missing_scores():
         _row("p2", "Q1", "good", {"a": 5, "b": 4}, "meh", {"b": 2}),  # judge failed on a for "meh"
         _row("p3", "Q2", "good", {"a": 3, "b": 1}, "bad", {"a": 2, "b": 5}),  # same texts, other prompt
     ]
-    examples = reward_examples(rows, ["a", "b"], [5, 2])
+    examples = reward_examples(responses_of(rows), ["a", "b"], [5, 2])
     assert [e["id"] for e in examples] == [
         "p1:chosen",
         "p1:rejected",
@@ -236,8 +237,23 @@ def test_reward_examples_dedup_labels_and_missing_scores():
 
 def test_reward_examples_bad_score_names_the_row():
     rows = [_row("pair-7", "Q", "x", {"a": 5}, "y", {"a": 9})]
-    with pytest.raises(RewardModelError, match=r"pair-7 \(rejected\): a score 9"):
-        reward_examples(rows, ["a"], [5])
+    with pytest.raises(RewardModelError, match=r"response pair-7:rejected: a score 9"):
+        reward_examples(responses_of(rows), ["a"], [5])
+
+
+def test_responses_split_by_prompt_and_a_prompt_in_both_splits_is_refused():
+    from moalign.data.schema import ScoredCandidate
+    from moalign.rewards.training import split_candidates
+
+    def candidate(i, prompt_id, split):
+        return ScoredCandidate(id=f"{prompt_id}:{i}", prompt_id=prompt_id, split=split, prompt="Q", text=str(i),
+                               scores={"a": 3})
+
+    train, held_out = split_candidates([candidate(0, "q1", "train"), candidate(0, "q2", "eval"),
+                                        candidate(1, "q1", "train")])
+    assert [c.id for c in train] == ["q1:0", "q1:1"] and [c.id for c in held_out] == ["q2:0"]
+    with pytest.raises(RewardModelError, match="q1 has responses in both .* q1:1"):
+        split_candidates([candidate(0, "q1", "train"), candidate(1, "q1", "eval")])
 
 
 def test_head_metrics_hand_computed():
@@ -268,6 +284,10 @@ def test_majority_baseline_is_the_share_of_the_train_majority_class():
     assert metrics["a"]["majority_baseline"] == pytest.approx(2 / 3)  # 2 of the 3 labelled rows are class 2
     assert metrics["b"]["majority_baseline"] == pytest.approx(1 / 4)
     assert metrics["b"]["accuracy"] == pytest.approx(3 / 4)  # a head that beats its baseline
+    # head a always answers the majority class: no gain on any resample; head b's gain is +1/2 on average
+    assert metrics["a"]["gain_ci95"] == [0.0, 0.0]
+    low, high = metrics["b"]["gain_ci95"]
+    assert -1.0 <= low < 0.5 < high <= 1.0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -115,3 +115,43 @@ def test_training_budget_sums_phases_and_keeps_unknowns_unknown():
     ]
     assert training_budget(history, 7) == {"examples": 7, "steps": 3, "tokens": 310, "seconds": 15.0}
     assert training_budget([{"step": 4, "loss": 1.0}], 2) == {"examples": 2, "steps": 4, "tokens": None, "seconds": None}
+
+
+def test_reward_trend_separates_a_rising_reward_from_noise():
+    import random
+
+    from moalign.training.runs import reward_trend
+
+    rng = random.Random(0)
+    rising = [{"phase": "rloo", "step": s, "reward": 0.02 * s + rng.gauss(0, 0.1)} for s in range(1, 41)]
+    # no trend, only step-to-step swings (a random flat draw would exclude 0 one time in 20)
+    flat = [{"phase": "flat", "step": s, "reward": 0.1 * (-1) ** s} for s in range(1, 41)]
+    trends = reward_trend(rising + flat + [{"phase": "rloo", "step": 41, "loss": 1.0}], "reward")
+    low, high = trends["rloo"]["ci95"]
+    assert 0 < low < 0.02 < high and trends["rloo"]["steps"] == 40
+    low, high = trends["flat"]["ci95"]
+    assert low < 0 < high
+
+
+def test_reward_trend_needs_three_finite_points_for_an_interval():
+    from moalign.training.runs import reward_trend
+
+    history = [{"phase": None, "step": 1, "reward": 1.0}, {"phase": None, "step": 2, "reward": float("nan")},
+               {"phase": None, "step": 3, "reward": 2.0}]
+    assert reward_trend(history, "reward") == {
+        "None": {"steps": 2, "first": 1.0, "last": 2.0, "slope": None, "ci95": None}
+    }
+    assert reward_trend([{"step": 1, "loss": 0.5}], "reward") is None
+
+
+def test_training_reward_reads_an_online_policys_log(tmp_path):
+    from types import SimpleNamespace
+
+    from moalign.evaluation.run import training_reward_of
+
+    (tmp_path / FINISHED_LOG).write_text(json.dumps(
+        [{"phase": "moslim_ppo", "step": s, "score_mean": 0.1 * s} for s in range(1, 6)]))
+    online = SimpleNamespace(baseline_algorithm="rloo")
+    trend = training_reward_of(tmp_path, SimpleNamespace(method="moslim_ppo", online=online))
+    assert trend["key"] == "score_mean" and abs(trend["phases"]["moslim_ppo"]["slope"] - 0.1) < 1e-9
+    assert training_reward_of(tmp_path, SimpleNamespace(method="amopo", online=online)) is None

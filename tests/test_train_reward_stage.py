@@ -10,7 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from moalign.data.schema import PreferenceRow, ScoredResponse, write_jsonl
+from moalign.annotation import responses_of
+from moalign.data.schema import PreferenceRow, ScoredCandidate, ScoredResponse, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = ["correctness", "instruction_following", "verbosity", "harmlessness"]
@@ -36,11 +37,13 @@ def stage_run(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
     raw["reward"].update(classes={"harmlessness": 2}, epochs=2, batch_size=4, max_length=48, learning_rate=1e-3)
     raw["register"].update(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="reward-test")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    write_jsonl(tmp_path / "train.jsonl", _rows("train", 8))
-    write_jsonl(tmp_path / "eval.jsonl", _rows("eval", 2))
+    # a prompt whose candidates all tied made no pair, but its responses still train the heads
+    unpaired = ScoredCandidate(id="qtied:0", prompt_id="qtied", split="train", prompt="Say hi.", text="Hi.",
+                               scores={d: 3 for d in DIMS})
+    write_jsonl(tmp_path / "candidates.jsonl", [*responses_of(_rows("train", 8) + _rows("eval", 2)), unpaired])
     from components.train_reward import app
 
-    args = ["--pairs", "train.jsonl", "--eval-pairs", "eval.jsonl", "--model", str(tiny_model_dir),
+    args = ["--candidates", "candidates.jsonl", "--model", str(tiny_model_dir),
             "--out", "models/reward", "--metrics", "metrics/reward.json", "--checkpoints", "ckpt"]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -55,7 +58,10 @@ def test_train_reward_stage_writes_model_stats_metrics_and_registers(stage_run: 
     model = MultiHeadRewardModel.load(out, DIMS, [5, 5, 5, 2])
     assert model.n_classes == (5, 5, 5, 2)
     stats = RewardStats.load(out)
-    assert stats.dimensions == DIMS and stats.n_classes == [5, 5, 5, 2] and stats.count == 16
+    assert stats.dimensions == DIMS and stats.n_classes == [5, 5, 5, 2] and stats.count == 17
+    # judge scores 1, 3 (the unpaired response) and 5 only: tags will not ask for correctness 2 or 4
+    assert stats.label_counts[0] == [8, 0, 1, 0, 8] and stats.label_counts[3] == [9, 8]
+    assert stats.supported_intensities()[0] == [1, 3, 5]
     metrics = json.loads((stage_run / "metrics" / "reward.json").read_text())
     assert set(metrics) == {"train", "eval"} and set(metrics["eval"]) == set(DIMS)
     assert metrics["eval"]["harmlessness"]["n"] == 4
@@ -83,7 +89,7 @@ def test_a_fresh_rerun_trains_the_same_reward_model(stage_run: Path, tiny_model_
     from components.train_reward import app
 
     torch.rand(7)  # whatever drew random numbers before must not matter
-    args = ["--pairs", "train.jsonl", "--eval-pairs", "eval.jsonl", "--model", str(tiny_model_dir),
+    args = ["--candidates", "candidates.jsonl", "--model", str(tiny_model_dir),
             "--out", "again/reward", "--metrics", "again/reward.json", "--checkpoints", "again/ckpt", "--no-register"]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -1,6 +1,6 @@
 """The row types that travel through every stage.
 
-Two records exist and no others:
+Three records exist and no others:
 
 * :class:`TaskPrompt` -- one instruction of a prompt pool, with whatever a programmatic judge needs to
   verify a response to it (``checks``). The embedded verifiable task produces these; an LLM-judged
@@ -8,6 +8,10 @@ Two records exist and no others:
 * :class:`PreferenceRow` -- one preference pair: a prompt, a chosen and a rejected response, and
   the per-dimension scores of both. Loaders convert foreign formats into it at the edge so nothing
   downstream knows formats.
+* :class:`ScoredCandidate` -- one scored response to a prompt, paired or not: every candidate the
+  annotate stage sampled (or each distinct response of a loaded file's pairs). MOSLIM's reward model
+  learns per-response scores, not preferences, so it trains on these: a prompt whose candidates all
+  tied yields no pair but still teaches the heads.
 
 JSON Lines is the on-disk format: one ``model_dump_json()`` per line, written atomically.
 """
@@ -73,6 +77,20 @@ class PreferenceRow(BaseModel):
     def mean_score(self, which: Literal["chosen", "rejected"]) -> float:
         scores = getattr(self, which).scores
         return sum(scores.values()) / len(scores)
+
+
+class ScoredCandidate(BaseModel):
+    """One scored response to one prompt (the annotate stage's ``candidates.jsonl``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="'<prompt id>:<candidate index>' (sampled) or '<pair id>:<side>' (loaded).")
+    prompt_id: str
+    split: Split
+    prompt: str
+    text: str
+    scores: dict[str, int] = Field(description="Per-dimension judge scores; a dimension the judge failed on is absent.")
+    truncated: bool = Field(False, description="Cut off by the generation length limit (see ScoredResponse).")
 
 
 def preference_row_json_schema() -> dict[str, Any]:

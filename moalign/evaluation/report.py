@@ -8,7 +8,8 @@ with the object-oriented API (no pyplot, no global state, rendered by the Agg ca
   (:func:`pareto_optimal` decides it);
 - :func:`win_rate_bars`: win rate against the reference with its 95% bootstrap interval as
   asymmetric error bars, the 0.5 line, and the length-controlled win rate as a second marker;
-- :func:`training_curves`: loss and reward margin per logging step, one line per training phase;
+- :func:`training_curves`: loss and reward margin (online methods: mean reward and its trend) per
+  logging step, one line per training phase;
 - :func:`weight_trajectories`: AMoPO's adaptive per-dimension weights per step.
 
 :func:`build_report` writes ``<out_dir>/index.html``: a single self-contained page (figures embedded
@@ -458,19 +459,27 @@ def _phases(
 
 
 def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
-    """Training loss and reward margin (``rewards/margins``) per logging step: two panels, one line
-    per training phase (multi-phase methods such as SPO or controllable CPO log several)."""
+    """Training loss and, per logging step, the reward margin (``rewards/margins``, preference
+    methods) or the mean reward (online methods, with its least-squares trend dashed): two panels,
+    one line per training phase (multi-phase methods such as SPO or Rewarded Soups log several)."""
+    from moalign.training.online import REWARD_LOG_KEYS
+    from moalign.training.runs import reward_trend
+
+    reward_key = next((k for k in ("rewards/margins", *REWARD_LOG_KEYS.values()) if _phases(history, k)),
+                      "rewards/margins")
+    margin = reward_key == "rewards/margins"
     fig = Figure(figsize=(11, 3.8), dpi=_DPI, layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, title in (
         (axes[0], "loss", "Training loss"),
-        (axes[1], "rewards/margins", "Reward margin (chosen - rejected)"),
+        (axes[1], reward_key, "Reward margin (chosen - rejected)" if margin else f"Mean reward ({reward_key})"),
     ):
         series = _phases(history, key)
         if not series:
             _empty_panel(ax, f"'{key}' was not logged by this training")
             ax.set_title(title, fontsize=11)
             continue
+        trends = {} if key != reward_key or margin else (reward_trend(list(history), key) or {})
         for color, (phase, (steps, values)) in zip(
             _color_cycle(len(series)), series.items(), strict=True
         ):
@@ -483,7 +492,14 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
                 markersize=3,
                 label=phase,
             )
-        if key == "rewards/margins":
+            fit = trends.get(phase)
+            if fit and fit["slope"] is not None:
+                mean_step, mean_value = sum(steps) / len(steps), sum(values) / len(values)
+                ends = [min(steps), max(steps)]
+                ax.plot(ends, [mean_value + fit["slope"] * (x - mean_step) for x in ends], color=color,
+                        linewidth=1.2, linestyle="--",
+                        label=f"trend {fit['slope']:+.3g}/step [{fit['ci95'][0]:+.2g}, {fit['ci95'][1]:+.2g}]")
+        if margin and key == reward_key:
             ax.axhline(0, color="black", linewidth=0.8, linestyle=":")
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=11)

@@ -194,6 +194,21 @@ def training_budget_of(policy_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def training_reward_of(policy_dir: Path, train) -> dict | None:
+    """An online method's reward trend per phase (:func:`moalign.training.runs.reward_trend`) from the
+    log saved beside the policy; None for offline methods and for policies made elsewhere."""
+    from moalign.config import ONLINE_METHODS
+    from moalign.training.online import REWARD_LOG_KEYS, algorithm_of
+    from moalign.training.runs import FINISHED_LOG, reward_trend
+
+    path = Path(policy_dir) / FINISHED_LOG
+    if train.method not in ONLINE_METHODS or not path.is_file():
+        return None
+    key = REWARD_LOG_KEYS[algorithm_of(train.method, train.online)]
+    trend = reward_trend(json.loads(path.read_text()), key)
+    return None if trend is None else {"key": key, "phases": trend}
+
+
 def judge_answers(config, plan: Plan, answers, judges, out_dir: Path) -> tuple[list[dict], dict[str, Any]]:
     """Score every suite; writes the benchmarks' per-prompt files into ``out_dir`` and returns the
     held-out rows (the caller writes them) and the metrics."""

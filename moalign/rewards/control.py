@@ -30,23 +30,35 @@ from moalign.rewards.mapping import UNCONTROLLED, RewardStats
 STYLE = "moslim"
 
 
-def sample_targets(rng: random.Random, dimensions: Sequence[str], n_classes: Sequence[int]) -> dict[str, int]:
-    """A random non-empty set of controlled dimensions, each with a random intensity 1..n_classes: the
-    policy must learn every combination, including prompts that control a single dimension."""
-    size = rng.randint(1, len(dimensions))
-    chosen = sorted(rng.sample(range(len(dimensions)), size))
-    return {dimensions[i]: rng.randint(1, n_classes[i]) for i in chosen}
+def sample_targets(
+    rng: random.Random, dimensions: Sequence[str], intensities: Sequence[Sequence[int]]
+) -> dict[str, int]:
+    """A random non-empty set of controlled dimensions, each with a random intensity among its
+    ``intensities``: the policy must learn every combination, including prompts that control a
+    single dimension. A dimension with no intensity to ask for is never controlled."""
+    controllable = [i for i in range(len(dimensions)) if intensities[i]]
+    if not controllable:
+        raise ValueError("no dimension has an intensity to ask for")
+    size = rng.randint(1, len(controllable))
+    chosen = sorted(rng.sample(controllable, size))
+    return {dimensions[i]: rng.choice(list(intensities[i])) for i in chosen}
 
 
 def control_prompts(
-    prompts: Sequence[tuple[str, str]], dimensions: Sequence[str], n_classes: Sequence[int], seed: int
+    prompts: Sequence[tuple[str, str]],
+    dimensions: Sequence[str],
+    n_classes: Sequence[int],
+    seed: int,
+    intensities: Sequence[Sequence[int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One tagged prompt per (id, text), targets drawn with ``seed``: rows of ``id``, ``prompt`` (the
-    tagged text), ``targets`` ({dimension: intensity})."""
+    """One tagged prompt per (id, text), targets drawn with ``seed`` among each head's ``intensities``
+    (all 1..n_classes by default; the reward statistics' supported ones in training): rows of
+    ``id``, ``prompt`` (the tagged text), ``targets`` ({dimension: intensity})."""
     rng = random.Random(seed)
+    allowed = intensities if intensities is not None else [range(1, n + 1) for n in n_classes]
     rows = []
     for prompt_id, text in prompts:
-        targets = sample_targets(rng, dimensions, n_classes)
+        targets = sample_targets(rng, dimensions, allowed)
         rows.append({"id": prompt_id, "prompt": tag_prompt(text, targets, dimensions, style=STYLE,
                                                            levels=(1, max(n_classes))),
                      "targets": targets})

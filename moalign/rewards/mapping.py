@@ -90,6 +90,24 @@ class RewardStats:
         self.count = 0
         self.mean = [torch.zeros(n, dtype=torch.float64) for n in self.n_classes]
         self.m2 = [torch.zeros(n, dtype=torch.float64) for n in self.n_classes]
+        # per head, how many training responses the judge put in each class (None: not recorded)
+        self.label_counts: list[list[int]] | None = None
+
+    def count_labels(self, labels: torch.Tensor) -> None:
+        """Record the training labels' class counts, (rows, k) classes with -100 for unscored."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        self.label_counts = [
+            torch.bincount(labels[:, head][labels[:, head] >= 0], minlength=n).tolist()
+            for head, n in enumerate(self.n_classes)
+        ]
+
+    def supported_intensities(self) -> list[list[int]]:
+        """Per head, the intensities (1-based) some training response had. A class no response had
+        was never taught: its probability is noise around ~0, and Eq. 11 divides it by a std at the
+        floor, so a tag asking for it rewards noise. Every intensity when no counts were recorded."""
+        if self.label_counts is None:
+            return [list(range(1, n + 1)) for n in self.n_classes]
+        return [[c + 1 for c, count in enumerate(counts) if count] for counts in self.label_counts]
 
     def update(self, probs: Sequence[torch.Tensor]) -> None:
         """Merge one batch: per head a (batch, n_classes) tensor of probabilities."""
@@ -165,6 +183,7 @@ class RewardStats:
                 "mean": [float(v) for v in self.mean[head]],
                 "m2": [float(v) for v in self.m2[head]],
                 "std": [float(v) for v in self.std(head)] if self.count else None,
+                "label_counts": None if self.label_counts is None else self.label_counts[head],
             }
         # the head order is a list of its own: JSON objects are written with sorted keys
         return {"format_version": 1, "count": self.count, "min_std": MIN_STD, "dimensions": self.dimensions,
@@ -186,6 +205,12 @@ class RewardStats:
                     raise ValueError(f"head {d}: non-finite values")
                 stats.mean[head] = torch.tensor(mean, dtype=torch.float64)
                 stats.m2[head] = torch.tensor(m2, dtype=torch.float64)
+            counts = [heads[d].get("label_counts") for d in stats.dimensions]
+            if all(c is not None for c in counts):
+                for d, c, n in zip(stats.dimensions, counts, stats.n_classes, strict=True):
+                    if len(c) != n or any(not isinstance(v, int) or v < 0 for v in c):
+                        raise ValueError(f"head {d}: label counts {c} for {n} classes")
+                stats.label_counts = [list(c) for c in counts]
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: not valid reward statistics ({error})") from None
         return stats

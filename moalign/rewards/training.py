@@ -1,9 +1,9 @@
-"""Training the multi-head reward model on judged preference pairs, and measuring its heads.
+"""Training the multi-head reward model on judged responses, and measuring its heads.
 
-Every response of a preference pair (chosen and rejected alike) carries judge scores for each
-dimension; the reward model learns to classify them, one head per dimension. So the unit of
-training is a (prompt, response) with K labels, not a pair: :func:`reward_examples` flattens the
-pairs. The training loop is ``transformers.Trainer`` (checkpoints, resume, accelerate) with
+Every scored response carries a judge score per dimension; the reward model learns to classify
+them, one head per dimension. So the unit of training is a (prompt, response) with K labels, not a
+pair: :func:`reward_examples` takes every scored candidate, including those of prompts whose
+candidates tied and made no pair (on the demo, 384 responses instead of the 110 paired ones). The training loop is ``transformers.Trainer`` (checkpoints, resume, accelerate) with
 :class:`RewardTrainer` adding the summed per-head cross-entropy and per-head loss logs.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from moalign.data.schema import SCORE_MAX, SCORE_MIN, PreferenceRow
+from moalign.data.schema import SCORE_MAX, SCORE_MIN, ScoredCandidate
 from moalign.rewards.model import (
     IGNORE_INDEX,
     MultiHeadRewardModel,
@@ -40,43 +40,51 @@ ECE_BINS = 10
 
 
 def reward_examples(
-    rows: Sequence[PreferenceRow], dimensions: Sequence[str], n_classes: Sequence[int]
+    candidates: Sequence[ScoredCandidate], dimensions: Sequence[str], n_classes: Sequence[int]
 ) -> list[dict]:
-    """One example per distinct (prompt, response) among the chosen and rejected sides of ``rows``.
+    """One example per distinct (prompt, response) of ``candidates``: every scored response, paired
+    or not (annotate's ``candidates.jsonl``).
 
-    ``{"id": "<row id>:chosen", "prompt", "response", "labels": [class per head]}``; a dimension the
-    judge left unscored gets :data:`IGNORE_INDEX` (-100), so it trains the other heads only. A
-    response repeated with the same prompt (in another pair) is kept once, with its first labels:
-    twice the examples would weigh it twice.
+    ``{"id", "prompt", "response", "labels": [class per head]}``; a dimension the judge left unscored
+    gets :data:`IGNORE_INDEX` (-100), so it trains the other heads only. A response sampled twice for
+    the same prompt is kept once, with its first labels: twice the examples would weigh it twice.
     """
     if len(dimensions) != len(n_classes):
         raise RewardModelError(
             f"dimensions {list(dimensions)} and classes {list(n_classes)} differ in length"
         )
     examples, seen = [], set()
-    for row in rows:
-        for side in ("chosen", "rejected"):
-            response = getattr(row, side)
-            key = (row.prompt, response.text)
-            if key in seen:
+    for candidate in candidates:
+        key = (candidate.prompt, candidate.text)
+        if key in seen:
+            continue
+        seen.add(key)
+        labels = []
+        for dimension, n in zip(dimensions, n_classes):
+            score = candidate.scores.get(dimension)
+            if score is None:
+                labels.append(IGNORE_INDEX)
                 continue
-            seen.add(key)
-            labels = []
-            for dimension, n in zip(dimensions, n_classes):
-                score = response.scores.get(dimension)
-                if score is None:
-                    labels.append(IGNORE_INDEX)
-                    continue
-                if not SCORE_MIN <= score <= SCORE_MAX:
-                    raise RewardModelError(
-                        f"pair {row.id} ({side}): {dimension} score {score} "
-                        f"is outside {SCORE_MIN}-{SCORE_MAX}"
-                    )
-                labels.append(intensity_class(score, n, (SCORE_MIN, SCORE_MAX)))
-            examples.append(
-                {"id": f"{row.id}:{side}", "prompt": row.prompt, "response": response.text, "labels": labels}
-            )
+            if not SCORE_MIN <= score <= SCORE_MAX:
+                raise RewardModelError(
+                    f"response {candidate.id}: {dimension} score {score} is outside {SCORE_MIN}-{SCORE_MAX}"
+                )
+            labels.append(intensity_class(score, n, (SCORE_MIN, SCORE_MAX)))
+        examples.append({"id": candidate.id, "prompt": candidate.prompt, "response": candidate.text, "labels": labels})
     return examples
+
+
+def split_candidates(candidates: Sequence[ScoredCandidate]) -> tuple[list[ScoredCandidate], list[ScoredCandidate]]:
+    """(train, eval) responses by their prompt's split; a prompt in both splits is an error, because its
+    eval responses would no longer be held out."""
+    splits: dict[str, str] = {}
+    for candidate in candidates:
+        if splits.setdefault(candidate.prompt_id, candidate.split) != candidate.split:
+            raise RewardModelError(
+                f"prompt {candidate.prompt_id} has responses in both the train and the eval split "
+                f"(response {candidate.id}): held-out accuracy would not be held out"
+            )
+    return ([c for c in candidates if c.split == "train"], [c for c in candidates if c.split == "eval"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,12 +127,15 @@ def head_metrics(
 ) -> dict[str, dict[str, float | int | None]]:
     """Per dimension: argmax ``accuracy``, ``ece`` (10 confidence bins) and ``n`` labelled rows, and
     with ``majority`` (each head's most frequent train class) ``majority_baseline``: the accuracy of
-    always answering that class, the floor a head has to clear to have learned anything.
+    always answering that class, the floor a head has to clear to have learned anything, and
+    ``gain_ci95``: the 95 % bootstrap interval of accuracy minus that floor on the same rows.
 
     Rows labelled :data:`IGNORE_INDEX` on a head do not count for it; a head with no labelled row
     gets ``None`` (JSON null, not NaN, which metrics files and DVC cannot compare).
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
+    from moalign.evaluation.winrate import bootstrap_mean_ci
+
     metrics: dict[str, dict[str, float | int | None]] = {}
     for k, dimension in enumerate(dimensions):
         keep = labels[:, k] != IGNORE_INDEX
@@ -132,7 +143,7 @@ def head_metrics(
         if n == 0:
             metrics[dimension] = {"accuracy": None, "ece": None, "n": 0}
             if majority is not None:
-                metrics[dimension]["majority_baseline"] = None
+                metrics[dimension].update(majority_baseline=None, gain_ci95=None)
             continue
         confidence, predicted = probs[k][keep].float().max(-1)
         correct = predicted == labels[keep, k]
@@ -142,9 +153,12 @@ def head_metrics(
             "n": n,
         }
         if majority is not None:
-            metrics[dimension]["majority_baseline"] = (
-                None if majority[k] is None else float((labels[keep, k] == majority[k]).float().mean())
-            )
+            baseline = None if majority[k] is None else (labels[keep, k] == majority[k])
+            metrics[dimension]["majority_baseline"] = None if baseline is None else float(baseline.float().mean())
+            # per response, (head right) - (majority class right): its mean is the head's gain over the
+            # floor, resampled by response; an interval above 0 says the head learned something
+            gain = None if baseline is None else bootstrap_mean_ci((correct.float() - baseline.float()).tolist())
+            metrics[dimension]["gain_ci95"] = None if gain is None else [float(gain[0]), float(gain[1])]
     return metrics
 
 

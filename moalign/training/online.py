@@ -23,7 +23,7 @@ baselines used PPO). Checkpoints resume like the offline methods; the final poli
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -34,6 +34,8 @@ from moalign.training.runs import attach_lora, claim_checkpoints, last_step, lor
 logger = logging.getLogger(__name__)
 
 ALGORITHMS = {"moslim_rloo": "rloo", "moslim_online_dpo": "online_dpo", "moslim_ppo": "ppo"}
+#: where each algorithm's trainer logs a step's mean reward-model score (before the KL penalty)
+REWARD_LOG_KEYS = {"rloo": "reward", "online_dpo": "objective/scores", "ppo": "score_mean"}
 
 
 def training_prompts(rows: Sequence[PreferenceRow], max_prompts: int | None) -> list[tuple[str, str]]:
@@ -46,6 +48,28 @@ def training_prompts(rows: Sequence[PreferenceRow], max_prompts: int | None) -> 
 
 def algorithm_of(method: str, online) -> str:
     return ALGORITHMS.get(method, online.baseline_algorithm)
+
+
+def tag_intensities(stats, asked: Mapping[str, Sequence[int]] | None) -> list[list[int]]:
+    """Per reward head, the intensities MOSLIM's control tags ask for: those in ``asked``
+    (``train.online.tag_intensities``) or else every one some training response had. The heads never
+    learned an intensity no response had, so asking for one is an error, and by default it is left out."""
+    asked = asked or {}
+    supported = stats.supported_intensities()
+    result = []
+    for dimension, n, taught in zip(stats.dimensions, stats.n_classes, supported, strict=True):
+        if dimension not in asked:
+            if len(taught) < n:
+                logger.warning("%s: no training response has intensity %s; tags do not ask for it", dimension,
+                               ", ".join(str(i) for i in range(1, n + 1) if i not in taught))
+            result.append(taught)
+            continue
+        untaught = [level for level in asked[dimension] if level not in taught]
+        if untaught:
+            raise ValueError(f"train.online.tag_intensities.{dimension} asks for {untaught}, which no training "
+                             f"response of the reward model had (it had {taught})")
+        result.append(sorted(set(asked[dimension])))
+    return result
 
 
 def uniform(weights: Sequence[float] | None, k: int) -> list[float]:
@@ -193,7 +217,8 @@ def train_online(
     options = {"max_length": train.max_length}
     k = len(dimensions)
     if method.startswith("moslim_"):
-        texts = [row["prompt"] for row in control_prompts(prompts, dimensions, n_classes, seed)]
+        intensities = tag_intensities(stats, online.tag_intensities)
+        texts = [row["prompt"] for row in control_prompts(prompts, dimensions, n_classes, seed, intensities)]
         phases = [(method, MappedReward(reward_model, reward_tokenizer, stats, **options))]
     elif method == "morlhf":
         texts = [text for _, text in prompts]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,38 @@ def training_budget(history: list[dict], examples: int) -> dict:
         "tokens": over_phases("num_input_tokens_seen", int),
         "seconds": None if seconds is None else round(seconds, 1),
     }
+
+
+def reward_trend(history: list[dict], key: str) -> dict[str, dict] | None:
+    """Per phase, the least-squares slope of the logged ``key`` (an online run's mean reward) over
+    steps, with its 95 % interval: ``{phase: {"slope", "ci95": [low, high], "steps", "first", "last"}}``.
+
+    The interval is the t-interval of the OLS slope (``scipy.stats.linregress``): it treats each step's
+    mean as the trend plus independent noise, which holds while every step samples fresh prompts and
+    completions. A slope whose interval lies above 0 says the reward rose, not a visual guess from a
+    noisy curve. Phases with fewer than 3 logged steps get no interval (None); no entry with ``key``
+    gives None.
+    """
+    from scipy import stats
+
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in history:
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value) and "step" in entry:
+            steps, values = series.setdefault(str(entry.get("phase")), ([], []))
+            steps.append(float(entry["step"]))
+            values.append(float(entry[key]))
+    if not series:
+        return None
+    trends = {}
+    for phase, (steps, values) in series.items():
+        trend = {"steps": len(steps), "first": values[0], "last": values[-1], "slope": None, "ci95": None}
+        if len(steps) >= 3 and len(set(steps)) > 1:
+            fit = stats.linregress(steps, values)
+            half = float(stats.t.ppf(0.975, len(steps) - 2)) * fit.stderr
+            trend.update(slope=float(fit.slope), ci95=[float(fit.slope - half), float(fit.slope + half)])
+        trends[phase] = trend
+    return trends
 
 
 def run_phase(
