@@ -1,6 +1,6 @@
 # moalign: the two commands of the README.
 #   make demo   set up .venv, materialise the embedded data, run the whole pipeline (dvc repro)
-#   make test   set up .venv, run the test suite
+#   make test   set up .venv, lint (ruff, mypy on the math), run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,6 +14,8 @@ demo: setup data repro
 	dvc metrics show
 
 test: setup
+	$(BIN)/ruff check moalign components flows tests benchmarks scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 setup: $(VENV)/.installed

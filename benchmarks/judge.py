@@ -45,10 +45,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from moalign.data.schema import TaskPrompt
-from moalign.judges.cache import CachedCall, JudgeCache, call_key
-from moalign.judges.llm import EndpointConfig, LLMJudge
-from tests.fake_openai_server import FakeOpenAIServer
+# after the path insert above: the script runs from a checkout, without installing it
+from moalign.data.schema import TaskPrompt  # noqa: E402
+from moalign.judges.cache import CachedCall, JudgeCache, call_key  # noqa: E402
+from moalign.judges.llm import EndpointConfig, LLMJudge  # noqa: E402
+from tests.fake_openai_server import FakeOpenAIServer  # noqa: E402
 
 MODEL = "fake-judge"
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import typer
 
 from components._stage import PARAMS_OPTION, setup_logging, stage_params
-from components.train_policy import RUN_FILE
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -40,7 +39,7 @@ def main(
     section = config.register_
     registry.configure(section.tracking_uri, section.experiment)
     train_log = policy / "train_log.json"
-    run_file = policy / RUN_FILE
+    run_file = policy / registry.RUN_FILE
     version = registry.log_and_register(
         run_name=f"{config.train.method}-{config.model.source}",
         params=config.model_dump(by_alias=True),

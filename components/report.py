@@ -9,14 +9,12 @@ reports/index.html in a browser: it is self-contained (images embedded).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from components._stage import PARAMS_OPTION, setup_logging, stage_params
-from components.train_policy import RUN_FILE  # the training's MLflow run id, next to the model
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -39,7 +37,7 @@ def main(
 ) -> None:
     config = stage_params(params)
     log = setup_logging("report")
-    from moalign.evaluation.report import build_report, experiments_from_mlflow
+    from moalign.evaluation.report import report_stage
 
     dimensions = list(config.dimensions.names)
     x = pareto_x or dimensions[0]
@@ -54,34 +52,8 @@ def main(
         raise typer.BadParameter(
             f"{metrics} does not exist (the evaluate stage writes it)", param_hint="--metrics"
         )
-    results = json.loads(metrics.read_text())
-    if history.is_file():
-        steps = json.loads(history.read_text())
-    else:
-        log.warning("%s does not exist: the report has no training curves", history)
-        steps = []
-
-    # the current policy's MLflow run is shown from metrics.json; earlier registrations of the same
-    # run (a re-run of register) would otherwise appear twice
-    run_file = history.parent / RUN_FILE
-    current = [json.loads(run_file.read_text()).get("run_id")] if run_file.is_file() else []
-    section = config.register_
-    experiments = experiments_from_mlflow(
-        section.tracking_uri,
-        section.experiment,
-        dimensions,
-        exclude_run_ids=[r for r in current if r],
-    )
-    index = build_report(
-        out,
-        metrics=results,
-        history=steps,
-        dimensions=dimensions,
-        experiments=experiments,
-        title="moalign evaluation report",
-        pareto=(x, y),
-    )
-    log.info("wrote %s (%d earlier runs from MLflow)", index, len(experiments))
+    index, earlier = report_stage(config, metrics, history, out, (x, y))
+    log.info("wrote %s (%d earlier runs from MLflow)", index, earlier)
 
 
 if __name__ == "__main__":

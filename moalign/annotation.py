@@ -215,3 +215,112 @@ def fill_missing_scores(
             counts["judge_failures"] += len(set(missing) - set(got))
             audit.append({"pair_id": rows[i].id, "side": side, "judged": list(missing), "scores": got})
     return filled, audit, counts
+
+
+# ------------------------------------------------------------------------------------------------
+# the annotate stage
+
+
+SOURCE = "embedded-task"  # the source of the embedded task's pairs
+
+
+class AnnotationInputError(ValueError):
+    """The stage's inputs cannot be annotated: a bad file, too few prompts, a duplicate id."""
+
+
+def annotate_stage(config, tasks, model_dir, out_dir, journal) -> dict:
+    """The annotate stage: ``data.source: embedded`` samples on-policy candidates for the task pool at
+    ``tasks`` from ``model_dir`` (journaled in ``journal``), ``file`` loads ``data.path`` and judges
+    only the scores it lacks. Writes ``pairs.jsonl``, ``candidates.jsonl`` (every scored response),
+    ``stats.json`` and, for a file, ``judged.jsonl`` into ``out_dir``; returns the stats."""
+    from pathlib import Path
+
+    from moalign.data.schema import write_json, write_jsonl
+    from moalign.judges import open_judge
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open_judge(config.judge, config.dimensions.names) as judge:
+        if config.data.source == "file":
+            rows, audit, stats = annotate_from_file(config, judge)
+            write_jsonl(out_dir / "judged.jsonl", audit)
+            candidates = responses_of(rows)
+        else:
+            rows, candidates, stats = annotate_task(config, tasks, model_dir, judge, journal)
+    write_jsonl(out_dir / "pairs.jsonl", rows)
+    write_jsonl(out_dir / "candidates.jsonl", candidates)
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+def annotate_task(config, tasks, model_dir, judge, journal):
+    """The embedded task's pairs: ``annotate.*`` candidates per prompt sampled from ``model_dir``,
+    judged and paired (:func:`annotate`); returns (pairs, scored candidates, stats)."""
+    import logging
+
+    from moalign.data.schema import read_jsonl
+    from moalign.generation import DecodingConfig, generate_resumable, model_fingerprint
+    from moalign.models import load_model_and_tokenizer
+
+    section = config.annotate
+    chosen = select_prompts(read_jsonl(tasks, TaskPrompt), section.n_train_prompts, section.n_eval_prompts)
+    policy, tokenizer = load_model_and_tokenizer(model_dir, config.model.dtype)
+    decoding = DecodingConfig(
+        max_new_tokens=section.max_new_tokens,
+        do_sample=True,
+        temperature=section.temperature,
+        top_p=section.top_p,
+        num_return_sequences=section.candidates_per_prompt,
+        batch_size=max(1, section.batch_size // section.candidates_per_prompt),
+        seed=config.seed,
+    )
+    logging.getLogger(__name__).info("sampling %d candidates for %d prompts", section.candidates_per_prompt,
+                                     len(chosen))
+    model_id = model_fingerprint(model_dir)
+
+    def sample(prompts: list[str]) -> list[list[str]]:
+        # annotate() asks for the chosen tasks' prompts in order: the task ids key the journal
+        keyed = dict(zip((task.id for task in chosen), prompts, strict=True))
+        done = generate_resumable(policy, tokenizer, keyed, decoding, journal, model_id=model_id,
+                                  description="annotate")
+        return [done[key] for key in keyed]
+
+    rows, candidates, stats = annotate(chosen, sample, judge, SOURCE, section.pairing, section.max_pairs_per_prompt)
+    return rows, candidates, stats.as_dict()
+
+
+def annotate_from_file(config, judge):
+    """``data.path``'s pairs (``data.format``) with the scores the file lacks judged; returns (pairs,
+    an audit line per judged response, stats)."""
+    import logging
+
+    from moalign.data.loaders import LoaderError, load_pairs
+
+    data = config.data
+    try:
+        rows, loaded = load_pairs(
+            data.path, data.format, config.dimensions.names, eval_fraction=data.eval_fraction,
+            pair_by=data.pair_by, reverse_scores=data.reverse_scores, max_pairs=data.max_pairs,
+        )
+        logging.getLogger(__name__).info("%d pairs from %d records of %s (%s)", len(rows), loaded.records,
+                                         data.path, data.format)
+        rows, audit, judged = fill_missing_scores(rows, judge, config.dimensions.names)
+    except (LoaderError, FileNotFoundError, ValueError) as error:
+        raise AnnotationInputError(str(error)) from None
+    return rows, audit, {**loaded.as_dict(), **dict(judged), "source": str(data.path), "format": data.format}
+
+
+def select_prompts(pool: Sequence[TaskPrompt], n_train: int, n_eval: int) -> list[TaskPrompt]:
+    """The first n prompts of each split (the pool is shuffled within a split when generated)."""
+    train = [t for t in pool if t.split == "train"]
+    held_out = [t for t in pool if t.split == "eval"]
+    for name, have, want in (("train", train, n_train), ("eval", held_out, n_eval)):
+        if want > len(have):
+            raise AnnotationInputError(f"annotate.n_{name}_prompts={want} but the pool has {len(have)} {name} prompts")
+    chosen = train[:n_train] + held_out[:n_eval]
+    seen: set[str] = set()
+    for task in chosen:
+        if task.id in seen:
+            raise AnnotationInputError(f"prompt id {task.id!r} appears twice in the prompt pool")
+        seen.add(task.id)
+    return chosen

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -495,7 +495,7 @@ def _row(run: Any, metric_keys: Sequence[str], versions: list[tuple[str, int]]) 
     info, params = run.info, run.data.params
     start = None
     if info.start_time:
-        start = datetime.fromtimestamp(info.start_time / 1000, tz=timezone.utc).isoformat(
+        start = datetime.fromtimestamp(info.start_time / 1000, tz=UTC).isoformat(
             timespec="seconds"
         )
     names = {name for name, _ in versions}

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from moalign.annotation import Pairing
+from moalign.training.methods import METHODS
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -227,12 +228,8 @@ class RewardParams(_Section):
         return value
 
 
-#: train.method values trained online against the reward model (moalign/training/online.py)
-ONLINE_METHODS = ("moslim_rloo", "moslim_online_dpo", "moslim_ppo", "morlhf", "rewarded_soups")
-
-
 class OnlineParams(_Section):
-    """Policy optimisation against the train_reward stage's reward model (train.method in ONLINE_METHODS)."""
+    """Policy optimisation against the train_reward stage's reward model (the online train.method values)."""
 
     max_prompts: int | None = Field(
         64, ge=1, description="Distinct training prompts to optimise on (a CPU-sized run); null = all."
@@ -262,14 +259,18 @@ class OnlineParams(_Section):
 
 
 class TrainParams(_Section):
-    method: Literal[
-        "amopo", "simpo", "dpo", "cal_dpo", "orpo", "contrastive_cpo", "modpo", "spo", "controllable_cpo", "sft",
-        "moslim_rloo", "moslim_online_dpo", "moslim_ppo", "morlhf", "rewarded_soups",
-    ] = Field(
+    method: str = Field(
         "amopo",
-        description="Preference-optimisation objective (moalign/training/methods.py, docs/losses.md); the "
-        "moslim_*, morlhf and rewarded_soups methods optimise online against the reward model (train.online).",
+        description="Preference-optimisation method, one of moalign/training/methods.py's METHODS (docs/losses.md); "
+        "the moslim_*, morlhf and rewarded_soups methods optimise online against the reward model (train.online).",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; allowed: {', '.join(METHODS)}")
+        return value
     seed: int | None = Field(
         None, description="Seed of the training alone (data order, adapter init, AMoPO's weight draws, online "
         "samples); null = the top-level seed. Vary it to repeat a training on the same pairs: changing the "
@@ -326,11 +327,6 @@ class TrainParams(_Section):
 
 #: benchmarks whose scoring needs an LLM judge (the others are verified by code)
 JUDGED_BENCHMARKS = ("mt_bench", "arena_hard", "alpaca_eval")
-#: train.method values whose policy reads control tags before the prompt, and the tags' style
-#: (moalign.control_tags)
-CONTROL_TAG_METHODS = {
-    "controllable_cpo": "cpo", "moslim_rloo": "moslim", "moslim_online_dpo": "moslim", "moslim_ppo": "moslim",
-}
 
 
 class EvaluateParams(_Section):
@@ -447,10 +443,11 @@ class Params(_Section):
         if "alpaca_eval" in section.benchmarks and not section.alpaca_eval_path:
             raise ValueError("evaluate.benchmarks has alpaca_eval: set evaluate.alpaca_eval_path to your "
                              "local AlpacaEval 2 file (it is not shipped: non-commercial licence)")
-        if section.controllability is True and self.train.method not in CONTROL_TAG_METHODS:
+        if section.controllability is True and self.control_tag_style is None:
+            readers = [name for name, method in METHODS.items() if method.control_tags]
             raise ValueError(
                 f"evaluate.controllability is true but train.method {self.train.method!r} reads no control "
-                f"tags (those that do: {', '.join(CONTROL_TAG_METHODS)}); use auto or false"
+                f"tags (those that do: {', '.join(readers)}); use auto or false"
             )
         return self
 
@@ -499,7 +496,12 @@ class Params(_Section):
     @property
     def control_tag_style(self) -> str | None:
         """The control-tag style of the trained policy, or None when it reads no tags."""
-        return CONTROL_TAG_METHODS.get(self.train.method)
+        return METHODS[self.train.method].control_tags
+
+    @property
+    def method(self):
+        """train.method's registry entry (moalign.training.methods.Method): offline or online, its needs."""
+        return METHODS[self.train.method]
 
     @model_validator(mode="after")
     def _fixed_weights_match_dimensions(self) -> Params:

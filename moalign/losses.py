@@ -9,7 +9,7 @@ Every loss is written with ``logsigmoid`` (never ``log(sigmoid(.))``) and, for O
 log(1 - e^x), so finite inputs give finite losses. Shapes are checked and a mismatch raises a
 ``ValueError`` that names the argument. ``docs/losses.md`` gives the sources and the decisions.
 
-Registered objectives are looked up by the ``train.method`` name in :data:`LOSSES`.
+Which ``train.method`` uses which loss is :data:`moalign.training.methods.METHODS`.
 """
 
 from __future__ import annotations
@@ -338,15 +338,3 @@ def spo_loss(
     )
     chosen_ratio, rejected_ratio = _log_ratios(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return -F.logsigmoid(beta * (chosen_ratio - rejected_ratio) - lam * prev_margin.detach())
-
-
-LOSSES = {
-    "amopo": amopo_loss,
-    "simpo": simpo_loss,
-    "dpo": dpo_loss,
-    "orpo": orpo_loss,
-    "cal_dpo": cal_dpo_loss,
-    "contrastive_cpo": contrastive_cpo_loss,
-    "modpo": modpo_loss,
-    "spo": spo_loss,
-}

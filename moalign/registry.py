@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 __all__ = [
     "CHALLENGER_ALIAS",
+    "RUN_FILE",
     "RegisteredModel",
     "configure",
     "dvc_lock_hash",
@@ -54,6 +55,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
+RUN_FILE = "mlflow_run.json"  # beside a trained policy: its training's MLflow run, which register continues
 CHALLENGER_ALIAS = "challenger"
 ARTIFACTS_DIRNAME = "mlartifacts"
 UNKNOWN = "unknown"

@@ -35,6 +35,7 @@ switched off and nothing touches the network.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -57,6 +58,8 @@ from moalign.data.schema import (
     write_json,
     write_jsonl,
 )
+
+logger = logging.getLogger(__name__)
 
 # Before any import of great_expectations (imported lazily, in the functions below): no usage statistics.
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
@@ -705,3 +708,67 @@ __all__ = [
     "validate_pairs",
     "write_report",
 ]
+
+
+# ------------------------------------------------------------------------------------------------
+# the validate stage
+
+LABEL_NOISE_FILE = "label_noise.json"
+
+
+class ValidationInputError(ValueError):
+    """The annotated pairs file is missing or unreadable as JSON Lines."""
+
+
+def read_raw_rows(path: Path) -> list[dict]:
+    """Rows as plain dicts, so a row that breaks the schema is quarantined by the gate, not a crash.
+
+    Bytes that are not UTF-8 become U+FFFD (``errors="replace"``); ``text_is_clean`` quarantines the row.
+    """
+    from moalign.data.schema import RowError, read_jsonl
+
+    if not Path(path).exists():
+        raise ValidationInputError(f"{path}: no such file; it is made by the annotate stage")
+    try:
+        return read_jsonl(path, None, errors="replace")
+    except RowError as error:
+        raise ValidationInputError(str(error)) from None
+
+
+def validate_stage(config, pairs, tokenizer_dir, out_dir, metrics) -> ValidationReport:
+    """The validate stage: the gate over ``pairs`` (token lengths by ``tokenizer_dir``'s tokenizer),
+    ``train.jsonl`` / ``eval.jsonl`` / the quarantine and Data Docs in ``out_dir`` (``validate.label_noise``
+    applied to train), counts in ``metrics``. Raises :class:`QuarantineLimitExceeded` after writing
+    everything when too many rows failed."""
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    counter = AutoTokenizer.from_pretrained(tokenizer_dir)
+    rows = read_raw_rows(pairs)
+    report = validate_pairs(
+        rows,
+        dimensions=config.dimensions.names,
+        max_tokens=config.validate_.max_tokens,
+        count_tokens=lambda text: len(counter(text, add_special_tokens=False).input_ids),
+        docs_dir=out_dir / "docs",
+    )
+    write_report(report, out_dir)
+    noise = config.validate_.label_noise
+    train, flipped = flip_labels([r for r in report.valid if r.split == "train"], noise, config.seed)
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "eval.jsonl", [r for r in report.valid if r.split == "eval"])
+    write_json(out_dir / LABEL_NOISE_FILE,
+               {"fraction": noise, "seed": config.seed, "flipped": len(flipped), "ids": flipped})
+    if flipped:
+        logger.info("label noise: swapped chosen/rejected on %d of %d train pairs", len(flipped), len(train))
+    summary = report.summary
+    write_json(metrics, {
+        "total_rows": summary.get("total_rows", 0),
+        "valid_rows": summary.get("valid_rows", 0),
+        "quarantined_rows": summary.get("quarantined_rows", 0),
+        "quarantined_fraction": summary.get("quarantined_fraction", 0.0),
+        "failed_rows_per_expectation": summary.get("failed_rows_per_expectation", {}),
+        "label_noise_flipped": len(flipped),
+    })
+    check_quarantine_limit(report, config.validate_.max_quarantine_fraction)
+    return report

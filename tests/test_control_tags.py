@@ -4,7 +4,7 @@ import pytest
 
 from moalign.control_tags import ControlTagError, format_tags, parse_tags, tag_prompt
 from moalign.data.schema import PreferenceRow, ScoredResponse
-from moalign.training.preference import condition_prompt
+from moalign.training.phases import condition_prompt
 
 DIMS = ["correctness", "instruction_following", "verbosity", "harmlessness"]
 

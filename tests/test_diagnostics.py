@@ -42,7 +42,7 @@ def test_diagnostic_pairs_cover_prompts_first():
 
 
 def test_margins_are_length_normalised_loglik_differences(tiny):
-    from moalign.training.preference import PairCollator, completion_token_logps, split_logps, tokenize_pair
+    from moalign.training.batching import PairCollator, completion_token_logps, split_logps, tokenize_pair
 
     model, tokenizer = tiny
     pairs = rows(3)
@@ -117,7 +117,9 @@ def test_trainer_logs_diagnostics_at_step_0_every_eval_steps_and_at_the_end(tiny
 def test_logged_endpoints_need_step_0_and_a_later_evaluation():
     from moalign.training.diagnostics import logged_endpoints
 
-    entry = lambda step, acc: {"step": step, "eval_rewards/accuracies": acc, "eval_runtime": 1.0, "loss": 0.3}
+    def entry(step, acc):
+        return {"step": step, "eval_rewards/accuracies": acc, "eval_runtime": 1.0, "loss": 0.3}
+
     assert logged_endpoints([entry(0, 0.5), {"step": 1, "loss": 0.2}, entry(2, 0.75)]) == (
         {"rewards/accuracies": 0.5}, {"rewards/accuracies": 0.75})
     assert logged_endpoints([entry(0, 0.5)]) is None  # no evaluation after training

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from moalign.losses import (
-    LOSSES,
     amopo_loss,
     cal_dpo_loss,
     contrastive_cpo_loss,
@@ -132,26 +131,42 @@ def test_spo_hand_value_and_reduces_to_dpo():
     torch.testing.assert_close(spo_loss(c, r, rc, rr, m, beta=0.1, lam=0.0), dpo_loss(c, r, rc, rr, beta=0.1))
 
 
-def test_registry_covers_every_method_and_returns_per_example_losses():
-    assert set(LOSSES) == {"amopo", "simpo", "dpo", "orpo", "cal_dpo", "contrastive_cpo", "modpo", "spo"}
+def test_every_loss_returns_per_example_losses():
     b = 4
     s = -torch.rand(b) * 20 - 1
     a = -torch.rand(b) * 2 - 0.1
     outs = {
-        "amopo": LOSSES["amopo"](
+        "amopo": amopo_loss(
             a.reshape(b, 1).repeat(1, 3), (a - 0.3).reshape(b, 1).repeat(1, 3), torch.full((3,), 1 / 3), 0.8, 2.0
         ),
-        "simpo": LOSSES["simpo"](a, a - 0.3, 0.8, 2.0),
-        "dpo": LOSSES["dpo"](s, s - 1, s + 0.5, s - 0.5, 0.2),
-        "orpo": LOSSES["orpo"](a, a - 0.3, torch.ones(b), 0.1),
-        "cal_dpo": LOSSES["cal_dpo"](s, s - 1, s + 0.5, s - 0.5, 0.2),
-        "contrastive_cpo": LOSSES["contrastive_cpo"](s, s - 1, torch.ones(b), 0.1, 1.0),
-        "modpo": LOSSES["modpo"](s, s - 1, s + 0.5, s - 0.5, torch.ones(b, 1), torch.zeros(b, 1), t(0.5, 0.5), 0.2),
-        "spo": LOSSES["spo"](s, s - 1, s + 0.5, s - 0.5, torch.ones(b), 0.2, 0.5),
+        "simpo": simpo_loss(a, a - 0.3, 0.8, 2.0),
+        "dpo": dpo_loss(s, s - 1, s + 0.5, s - 0.5, 0.2),
+        "orpo": orpo_loss(a, a - 0.3, torch.ones(b), 0.1),
+        "cal_dpo": cal_dpo_loss(s, s - 1, s + 0.5, s - 0.5, 0.2),
+        "contrastive_cpo": contrastive_cpo_loss(s, s - 1, torch.ones(b), 0.1, 1.0),
+        "modpo": modpo_loss(s, s - 1, s + 0.5, s - 0.5, torch.ones(b, 1), torch.zeros(b, 1), t(0.5, 0.5), 0.2),
+        "spo": spo_loss(s, s - 1, s + 0.5, s - 0.5, torch.ones(b), 0.2, 0.5),
     }
     for name, out in outs.items():
         assert out.shape == (b,), name
         assert torch.isfinite(out).all(), name
+
+
+def test_the_method_registry_names_every_method_once_and_its_losses_exist():
+    from moalign.training.methods import LOSSES, METHODS
+
+    assert list(METHODS) == [
+        "amopo", "simpo", "dpo", "cal_dpo", "orpo", "contrastive_cpo", "modpo", "spo", "controllable_cpo", "sft",
+        "moslim_rloo", "moslim_online_dpo", "moslim_ppo", "morlhf", "rewarded_soups",
+    ]
+    for method in METHODS.values():
+        # an offline method trains through losses, an online one through an RL algorithm
+        assert bool(method.phases) != method.online, method.name
+        assert set(method.phases) <= set(LOSSES), method.name
+    assert [m.name for m in METHODS.values() if m.needs_reference] == ["dpo", "cal_dpo", "modpo", "spo",
+                                                                      "controllable_cpo"]
+    assert {m.name: m.control_tags for m in METHODS.values() if m.control_tags} == {
+        "controllable_cpo": "cpo", "moslim_rloo": "moslim", "moslim_online_dpo": "moslim", "moslim_ppo": "moslim"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import torch
 from moalign.config import Params, ParamsError, parse_params
 from moalign.data.schema import PreferenceRow, ScoredResponse
 from moalign.training import methods as methods_module
-from moalign.training.methods import METHODS, get_method
-from moalign.training.preference import NonFiniteLossError, plan_phases, train_policy
+from moalign.training.methods import LOSSES, METHODS, get_method
+from moalign.training.phases import plan_phases
+from moalign.training.preference import NonFiniteLossError, train_policy
 
 DIMS = ["correctness", "verbosity"]
 
@@ -32,7 +33,7 @@ def params(method: str, **train) -> Params:
     })
 
 
-@pytest.mark.parametrize("method", sorted([*METHODS, "controllable_cpo"]))
+@pytest.mark.parametrize("method", sorted(name for name, method in METHODS.items() if not method.online))
 def test_each_method_trains_and_logs_finite_metrics(method, tiny_model_dir, tmp_path):
     config = params(method)
     phases = plan_phases(rows(), config.train, config.dimensions)
@@ -69,8 +70,8 @@ def test_reference_methods_see_a_fixed_reference(tiny_model_dir, tmp_path):
 
 
 def test_nan_loss_stops_training_naming_step_and_pairs(tiny_model_dir, tmp_path, monkeypatch):
-    broken = dataclasses.replace(METHODS["simpo"], loss=lambda logps, p: logps.chosen[:, 0] * float("nan"))
-    monkeypatch.setitem(methods_module.METHODS, "simpo", broken)
+    broken = dataclasses.replace(LOSSES["simpo"], loss=lambda logps, p: logps.chosen[:, 0] * float("nan"))
+    monkeypatch.setitem(methods_module.LOSSES, "simpo", broken)
     config = params("simpo")
     with pytest.raises(NonFiniteLossError, match=r"step 1 on pairs \['p"):
         train_policy(rows(2), tiny_model_dir, tmp_path / "out", tmp_path / "ckpt",
@@ -102,17 +103,17 @@ def test_amopo_weighting_options(weights, extra, tiny_model_dir, tmp_path):
 
 
 def test_authors_code_adds_one_all_dimensions_prompt_built_from_the_original():
-    from moalign.training.preference import pair_prompts
+    from moalign.training.phases import pair_prompts
 
     template = "Focus on {dimension} (target score {score}/5).\n{prompt}"
     pair = rows(1)[0]  # scores: correctness 5, verbosity 4
-    prompts = pair_prompts(pair, METHODS["amopo"], DIMS, template, all_dimensions=True)
+    prompts = pair_prompts(pair, LOSSES["amopo"], DIMS, template, all_dimensions=True)
     assert prompts[-1] == "Focus on correctness and verbosity (target score 4/5).\nWhat is 0 + 2?"
     assert len(prompts) == len(DIMS) + 1 and all(p.count("Focus on") == 1 for p in prompts)
 
 
 def test_modpo_orients_pairs_by_its_primary_dimension_and_validates_weights():
-    from moalign.training.preference import orient_by_dimension
+    from moalign.training.phases import orient_by_dimension
 
     pair = rows(1)[0].model_copy(update={
         "chosen": ScoredResponse(text="a", scores={"correctness": 2, "verbosity": 5}),

@@ -28,7 +28,7 @@ a handful of examples until it must have learnt them, and the *saved* policy is 
   clearly (0.2) above the starting model's. Rewarded Soups: each ingredient, on its own reward ("yes"
   for the first dimension, "no" for the second).
 
-Which methods there are comes from ``TrainParams.method``'s Literal: a new method is collected here
+Which methods there are comes from the registry (``moalign.training.methods.METHODS``): a new method is collected here
 and fails until it has an entry in :data:`SETTINGS`.
 """
 
@@ -38,12 +38,11 @@ import random
 import re
 from pathlib import Path
 from statistics import fmean
-from typing import get_args
 
 import pytest
 import torch
 
-from moalign.config import ONLINE_METHODS, Params, TrainParams
+from moalign.config import Params
 from moalign.data.schema import PreferenceRow, ScoredResponse
 from moalign.generation import chat_prompt
 from moalign.models import load_model_and_tokenizer
@@ -51,8 +50,8 @@ from moalign.rewards import control
 from moalign.rewards.mapping import UNCONTROLLED
 from moalign.training.methods import METHODS
 
-#: every value train.method accepts, in the config's order
-TRAIN_METHODS: tuple[str, ...] = get_args(TrainParams.model_fields["method"].annotation)
+#: every value train.method accepts, in the registry's order
+TRAIN_METHODS: tuple[str, ...] = tuple(METHODS)
 DIMS = ["correctness", "verbosity"]
 CLASSES = [5, 5]
 
@@ -114,7 +113,7 @@ def case_params(case: str) -> Params:
     if case not in SETTINGS:
         pytest.fail(f"train.method {case!r} has no overfit case: add its settings to SETTINGS in {__file__}")
     method = SETTINGS[case].get("method", case)
-    defaults = ONLINE if method in ONLINE_METHODS else OFFLINE
+    defaults = ONLINE if METHODS[method].online else OFFLINE
     train = _merge(_merge(defaults, SETTINGS[case]), {"method": method})
     return Params.model_validate({"dimensions": {"names": DIMS}, "reward": {"classes": dict(zip(DIMS, CLASSES))},
                                   "train": train})
@@ -136,7 +135,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 def start_dirs(case, request, tiny_model_dir) -> tuple[Path, Path | None]:
     """The model a case starts from, and the reward model directory of the online cases (set up here,
     so their cost is the setup's, not the test's)."""
-    if case_params(case).train.method in ONLINE_METHODS:
+    if case_params(case).method.online:
         return request.getfixturevalue("peaked_model_dir"), request.getfixturevalue("reward_dir")
     return tiny_model_dir, None
 
@@ -145,7 +144,7 @@ def start_dirs(case, request, tiny_model_dir) -> tuple[Path, Path | None]:
 def test_overfit(case, start_dirs, tmp_path, monkeypatch):
     config = case_params(case)
     model_dir, reward_dir = start_dirs
-    if config.train.method in ONLINE_METHODS:
+    if config.method.online:
         _overfit_online(config, model_dir, reward_dir, tmp_path, monkeypatch)
     else:
         _overfit_offline(config, model_dir, tmp_path)
@@ -194,7 +193,8 @@ def token_logps(model_dir, sequences: list[tuple[str, str]]) -> list[tuple[list[
 
 
 def _overfit_offline(config: Params, model_dir: Path, tmp_path: Path) -> None:
-    from moalign.training.preference import plan_phases, train_policy
+    from moalign.training.phases import plan_phases
+    from moalign.training.preference import train_policy
     from moalign.training.reference import reference_key, score_reference
 
     train, dimensions = config.train, config.dimensions

@@ -27,13 +27,13 @@ def test_reference_free_methods_need_no_scores(tiny_model_dir):
 
 def _spy_reference(monkeypatch) -> list[int]:
     """Counts the pairs train_policy scores itself (not taken from the cache)."""
-    scored, real = [], preference.reference_logps
+    scored, real = [], preference.score_pairs
 
     def spy(model, features, collator, batch_size):
         scored.append(len(features))
         return real(model, features, collator, batch_size)
 
-    monkeypatch.setattr(preference, "reference_logps", spy)
+    monkeypatch.setattr(preference, "score_pairs", spy)
     return scored
 
 

@@ -9,7 +9,8 @@ from moalign.config import Params
 from moalign.data.schema import PreferenceRow, ScoredResponse
 from moalign.models import load_model_and_tokenizer
 from moalign.dimensions import dimension_prompts
-from moalign.training.preference import PairCollator, completion_token_logps, tokenize_pair, train_policy
+from moalign.training.batching import PairCollator, completion_token_logps, tokenize_pair
+from moalign.training.preference import train_policy
 
 DIMS = ["correctness", "verbosity"]
 TEMPLATE = "Focus on {dimension} (target score {score}/5).\n{prompt}"

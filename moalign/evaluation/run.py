@@ -197,12 +197,12 @@ def training_budget_of(policy_dir: Path) -> dict | None:
 def training_reward_of(policy_dir: Path, train) -> dict | None:
     """An online method's reward trend per phase (:func:`moalign.training.runs.reward_trend`) from the
     log saved beside the policy; None for offline methods and for policies made elsewhere."""
-    from moalign.config import ONLINE_METHODS
+    from moalign.training.methods import get_method
     from moalign.training.online import REWARD_LOG_KEYS, algorithm_of
     from moalign.training.runs import FINISHED_LOG, reward_trend
 
     path = Path(policy_dir) / FINISHED_LOG
-    if train.method not in ONLINE_METHODS or not path.is_file():
+    if not get_method(train.method).online or not path.is_file():
         return None
     key = REWARD_LOG_KEYS[algorithm_of(train.method, train.online)]
     trend = reward_trend(json.loads(path.read_text()), key)
@@ -367,3 +367,49 @@ def write_controllability_curve(path: Path, summary: Mapping[str, Any]) -> None:
     writer.writeheader()
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
     atomic_write_text(path, text.getvalue())
+
+
+class EvaluationInputError(ValueError):
+    """Nothing to evaluate on, or a missing input the settings need."""
+
+
+def evaluate_stage(config, tasks, eval_pairs, policy, reference, out, metrics, benchmarks, generations) -> dict:
+    """The evaluate stage: greedy answers of ``policy`` and ``reference`` on the held-out prompts and
+    ``evaluate.benchmarks``, judged; held-out preference diagnostics on ``eval_pairs``; the policy's
+    training budget and reward trend. Writes the per-prompt rows to ``out`` (benchmarks beside it)
+    and the results to ``metrics``; returns them."""
+    from moalign.data.schema import PreferenceRow, read_jsonl, write_json, write_jsonl
+    from moalign.judges import open_judges
+
+    held_out = held_out_prompts(config, Path(tasks), eval_pairs)[: config.evaluate.n_prompts]
+    if not held_out:
+        raise EvaluationInputError("no held-out prompts to evaluate on (the eval split is empty)")
+    plan = plan_evaluation(config, held_out, Path(benchmarks))
+    models = {"policy": (policy, "the train_policy stage"), "reference": (reference, "the prepare_model stage")}
+    answers = generate_answers(config, plan, models, Path(generations))
+    with open_judges(config.judge, config.dimensions.names) as judges:
+        rows, results = judge_answers(config, plan, answers, judges, Path(out).parent)
+    if eval_pairs is not None:
+        results["heldout_preference"] = preference_accuracy(config, read_jsonl(eval_pairs, PreferenceRow), models)
+    results["training_budget"] = training_budget_of(policy)
+    results["training_reward"] = training_reward_of(policy, config.train)
+    write_jsonl(out, rows)
+    write_json(metrics, results)
+    return results
+
+
+def held_out_prompts(config, tasks: Path, eval_pairs: Path | None) -> list:
+    """The prompts to answer: the task pool's eval split, or for a file the validated eval pairs'
+    prompts, once each."""
+    from moalign.data.schema import PreferenceRow, TaskPrompt, read_jsonl
+
+    if config.data.source != "file":
+        return [t for t in read_jsonl(tasks, TaskPrompt) if t.split == "eval"]
+    if eval_pairs is None:
+        raise EvaluationInputError("data.source is 'file': pass --eval-pairs data/validated/eval.jsonl")
+    prompts, seen = [], set()
+    for row in read_jsonl(eval_pairs, PreferenceRow):
+        if row.prompt_id not in seen:  # one evaluation per prompt, however many pairs it has
+            seen.add(row.prompt_id)
+            prompts.append(TaskPrompt(id=row.prompt_id, split="eval", category=row.source, prompt=row.prompt))
+    return prompts

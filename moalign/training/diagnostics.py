@@ -20,7 +20,7 @@ import torch
 
 from moalign.data.schema import PreferenceRow
 from moalign.dimensions import dimension_prompts
-from moalign.training.preference import PairCollator, completion_token_logps, split_logps, tokenize_pair
+from moalign.training.batching import PairCollator, completion_token_logps, split_logps, tokenize_pair
 
 
 def diagnostic_pairs(rows: Sequence[PreferenceRow], limit: int | None) -> list[PreferenceRow]:

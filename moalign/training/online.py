@@ -33,7 +33,6 @@ from moalign.training.runs import attach_lora, claim_checkpoints, last_step, lor
 
 logger = logging.getLogger(__name__)
 
-ALGORITHMS = {"moslim_rloo": "rloo", "moslim_online_dpo": "online_dpo", "moslim_ppo": "ppo"}
 #: where each algorithm's trainer logs a step's mean reward-model score (before the KL penalty)
 REWARD_LOG_KEYS = {"rloo": "reward", "online_dpo": "objective/scores", "ppo": "score_mean"}
 
@@ -47,7 +46,10 @@ def training_prompts(rows: Sequence[PreferenceRow], max_prompts: int | None) -> 
 
 
 def algorithm_of(method: str, online) -> str:
-    return ALGORITHMS.get(method, online.baseline_algorithm)
+    """The RL algorithm ``method`` trains with: its own, or ``train.online.baseline_algorithm``."""
+    from moalign.training.methods import get_method
+
+    return get_method(method).algorithm or online.baseline_algorithm
 
 
 def tag_intensities(stats, asked: Mapping[str, Sequence[int]] | None) -> list[list[int]]:
@@ -202,6 +204,7 @@ def train_online(
 
     from moalign.models import load_model_and_tokenizer, resolve_dtype
     from moalign.rewards.control import MappedReward, ScalarisedReward, control_prompts
+    from moalign.training.methods import get_method
 
     set_seed(seed)
     method, online = train.method, train.online
@@ -216,15 +219,16 @@ def train_online(
     )
     options = {"max_length": train.max_length}
     k = len(dimensions)
-    if method.startswith("moslim_"):
+    recipe = get_method(method).reward
+    if recipe == "mapped":
         intensities = tag_intensities(stats, online.tag_intensities)
         texts = [row["prompt"] for row in control_prompts(prompts, dimensions, n_classes, seed, intensities)]
         phases = [(method, MappedReward(reward_model, reward_tokenizer, stats, **options))]
-    elif method == "morlhf":
+    elif recipe == "scalarised":
         texts = [text for _, text in prompts]
         weights = uniform(online.morlhf_weights, k)
         phases = [(method, ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes, weights, **options))]
-    elif method == "rewarded_soups":
+    elif recipe == "soup":
         texts = [text for _, text in prompts]
         phases = [
             (f"soup-{d}", ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes,

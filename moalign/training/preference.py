@@ -7,9 +7,8 @@ code, same logging). The base Trainer still gives checkpoint/resume, gradient ac
 accelerate, DeepSpeed/FSDP and logging; moalign adds the batch layout and the losses, in the TRL
 style (chosen and rejected in one forward, TRL's metric names).
 
-Batch layout: a batch of B pairs becomes N = B x P x 2 sequences, ordered (pair, prompt, side) with
-side 0 = chosen and 1 = rejected; P = K dimension prompts for AMoPO, 1 plain prompt otherwise. One
-forward serves every prompt (no loop of K forwards) and ``view(B, P, 2, T)`` recovers the structure.
+The batch layout and the log-probability code are :mod:`moalign.training.batching`; which phases a
+method runs, on which prompts, is :mod:`moalign.training.phases`.
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ from functools import partial
 import torch
 from transformers import Trainer, TrainerCallback
 
-from moalign.control_tags import tag_prompt
 from moalign.data.schema import PreferenceRow
-from moalign.dimensions import dimension_prompts
-from moalign.generation import chat_prompt
-from moalign.training.methods import Method, PairLogps, get_method
+from moalign.training.batching import PairCollator, completion_token_logps, score_pairs, split_logps
+from moalign.training.methods import Loss, PairLogps
+from moalign.training.phases import Phase, features_for, objective_dimensions, plan_phases
 from moalign.training.reference import phase_keys
 from moalign.training.runs import attach_lora, claim_checkpoints, fingerprint, run_phase, save_policy
 from moalign.weights import authors_code_weights, fixed_weights, gaussian_weights
@@ -40,168 +38,17 @@ class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite: training stops, naming the step and the pairs of the batch."""
 
 
-def orient_by_dimension(rows: Sequence[PreferenceRow], dimension: str) -> tuple[list[PreferenceRow], dict]:
-    """Pairs re-ordered so chosen is the better response on ``dimension`` (MODPO's primary objective).
-
-    Pairs are built on the mean score; on one dimension the rejected response can be the better one
-    (flipped here) or both can tie (kept as built, and counted).
-    """
-    oriented, counts = [], {"flipped": 0, "tied": 0}
-    for row in rows:
-        chosen, rejected = row.chosen.scores[dimension], row.rejected.scores[dimension]
-        if rejected > chosen:
-            row = row.model_copy(update={"chosen": row.rejected, "rejected": row.chosen})
-            counts["flipped"] += 1
-        elif rejected == chosen:
-            counts["tied"] += 1
-        oriented.append(row)
-    return oriented, counts
-
-
-ALL_DIMENSIONS = "all_dimensions"
-
-
-def pair_prompts(
-    row: PreferenceRow, method: Method, dimensions: Sequence[str], template: str, all_dimensions: bool = False
-) -> list[str]:
-    """The prompts a pair is scored under: AMoPO's x_k* = f(x, d_k) for each dimension, else x.
-
-    ``all_dimensions`` adds the AMoPO authors' extra prompt (their code's "no_object" slot) that asks
-    for every dimension at once, scored and weighted like one more dimension; it is built from the
-    original prompt too, so no dimension prefix accumulates.
-    """
-    if not method.dimension_prompts:
-        return [row.prompt]
-    prompts = dimension_prompts(template, row.prompt, dimensions, row.chosen.scores)
-    if all_dimensions:
-        every = " and ".join(d.replace("_", " ") for d in dimensions)
-        mean = round(sum(row.chosen.scores[d] for d in dimensions) / len(dimensions))
-        prompts.append(template.format(dimension=every, score=mean, prompt=row.prompt))
-    return prompts
-
-
-def objective_dimensions(train, dimensions: Sequence[str]) -> tuple[str, ...]:
-    """Names of the prompts AMoPO weighs: the dimensions, plus the authors' all-dimensions prompt."""
-    extra = (ALL_DIMENSIONS,) if train.weights == "authors_code" else ()
-    return (*dimensions, *extra)
-
-
-# ------------------------------------------------------------------------------------------------
-# tokenisation and collation
-
-
-def tokenize_pair(row: PreferenceRow, tokenizer, prompts: Sequence[str], max_length: int) -> dict:
-    """Token ids of the pair's prompts and of both responses, truncated to ``max_length``."""
-    prompt_ids = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
-    # a response ends with the end-of-turn token, so the model also learns where to stop; one the
-    # generation limit cut off does not: the model never chose to stop there
-    chosen, rejected = (
-        tokenizer(side.text, add_special_tokens=False).input_ids + ([] if side.truncated else [tokenizer.eos_token_id])
-        for side in (row.chosen, row.rejected)
-    )
-    longest = max(len(p) for p in prompt_ids) + max(len(chosen), len(rejected))
-    return {
-        "id": row.id,
-        "prompt_ids": prompt_ids,
-        "chosen_ids": chosen,
-        "rejected_ids": rejected,
-        "length": min(longest, max_length),
-        "max_length": max_length,
-    }
-
-
-def _join(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], int]:
-    """Prompt + response within ``max_length``: cut the response's tail first, then the prompt's head."""
-    response = response[: max(1, max_length - len(prompt))]
-    prompt = prompt[-(max_length - len(response)) :]
-    return prompt + response, len(prompt)
-
-
-class PairCollator:
-    """Pads the B x K x 2 sequences of a batch to its longest one, on the left.
-
-    Left padding puts every response at the right end, so the log-probabilities need logits for
-    the last (longest response + 1) positions only (``logits_to_keep``): the (N, L, V) logits over
-    the prompt tokens, the largest tensor of the step, are never built.
-    """
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        sequences, starts = [], []
-        for feature in features:
-            for prompt in feature["prompt_ids"]:
-                for response in (feature["chosen_ids"], feature["rejected_ids"]):
-                    ids, start = _join(prompt, response, feature["max_length"])
-                    sequences.append(ids)
-                    starts.append(start)
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        completion_mask = torch.zeros_like(input_ids)
-        for i, (ids, start) in enumerate(zip(sequences, starts)):
-            offset = width - len(ids)
-            input_ids[i, offset:] = torch.tensor(ids)
-            attention_mask[i, offset:] = 1
-            completion_mask[i, offset + start :] = 1
-        # positions count real tokens only, so left padding does not shift them
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "completion_mask": completion_mask,
-            "num_prompts": torch.tensor(len(features[0]["prompt_ids"])),
-            "pair_ids": [feature["id"] for feature in features],
-            **{
-                key: torch.tensor([feature[key] for feature in features])
-                for key in ("ref_chosen_logps", "ref_rejected_logps", "chosen_scores", "rejected_scores", "prev_margin")
-                if key in features[0]
-            },
-        }
-
-
-# ------------------------------------------------------------------------------------------------
-# log-probabilities
-
-
-def completion_token_logps(model, input_ids, attention_mask, position_ids, completion_mask):
-    """Per-token log pi(y_t | x, y_<t) of the completion tokens of left-padded sequences.
-
-    Returns (logps, mask), both (N, T) with T = the longest completion in the batch; positions
-    outside a sequence's completion are 0 in both.
-    """
-    span = int(completion_mask.sum(-1).max())
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=span + 1
-    ).logits[:, :-1].float()  # (N, T, V): logits at position t predict token t + 1
-    labels = input_ids[:, -span:]
-    # gather minus logsumexp: log_softmax then gather, without a second (N, T, V) tensor
-    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    mask = completion_mask[:, -span:].to(token_logps.dtype)
-    return token_logps * mask, mask
-
-
 # ------------------------------------------------------------------------------------------------
 # trainer
 
 
 @dataclass(frozen=True)
 class Objective:
-    """What the trainer optimises: the method, its hyper-parameters and the dimension names."""
+    """What the trainer optimises: the phase's loss, its hyper-parameters and the dimension names."""
 
-    method: Method
+    method: Loss
     params: object  # moalign.config.TrainParams: beta, gamma, orpo_lambda, cpo_alpha, weights...
     dimensions: tuple[str, ...]
-
-
-def split_logps(token_logps: torch.Tensor, mask: torch.Tensor, num_prompts: int):
-    """(N, T) per-token values -> summed (B, P, 2), lengths (B, P, 2), and the (B, P, 2, T) views."""
-    n, t = token_logps.shape
-    b = n // (2 * num_prompts)
-    token_logps, mask = token_logps.view(b, num_prompts, 2, t), mask.view(b, num_prompts, 2, t)
-    return token_logps.sum(-1), mask.sum(-1).clamp_min(1.0), token_logps, mask
 
 
 class AveragedLogsMixin:
@@ -318,81 +165,8 @@ class _DiagnoseAtStart(TrainerCallback):
             self.trainer.evaluate()
 
 
-@torch.no_grad()
-def reference_logps(model, features: list[dict], collator, batch_size: int) -> list[tuple[float, float]]:
-    """Summed log-probabilities s_ref(y_w), s_ref(y_l) of every pair under the frozen starting policy.
-
-    Computed once before training (not in every epoch, as a reference forward per step would).
-    """
-    model.eval()
-    results = []
-    for start in range(0, len(features), batch_size):
-        batch = collator(features[start : start + batch_size])
-        token_logps, mask = completion_token_logps(
-            model, *(batch[key].to(model.device) for key in ("input_ids", "attention_mask", "position_ids", "completion_mask"))
-        )
-        summed = split_logps(token_logps, mask, int(batch["num_prompts"]))[0]  # (B, 1, 2)
-        results.extend((float(c), float(r)) for c, r in summed[:, 0].tolist())
-    return results
-
-
 # ------------------------------------------------------------------------------------------------
 # the training run
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One Trainer run of a schedule: most methods have one, SPO one per dimension, CPO two."""
-
-    name: str
-    method: Method
-    rows: list[PreferenceRow]
-    prompts: Callable[[PreferenceRow], list[str]]
-    margin_from_previous: bool = False  # SPO: feed the previous round's implicit-reward margin
-
-
-def condition_prompt(row: PreferenceRow, dimensions: Sequence[str]) -> str:
-    """Controllable CPO (Guo et al. 2024): target scores as plain-text tags before the instruction.
-
-    The targets are the chosen response's scores, so under the released ranking
-    R(y) = -sum_i |score_i(y) - target_i| the chosen response ranks first and the pair keeps its order.
-    """
-    targets = {d: row.chosen.scores[d] for d in dimensions}
-    return tag_prompt(row.prompt, targets, dimensions, style="cpo")
-
-
-def plan_phases(rows: Sequence[PreferenceRow], train, dimensions) -> list[Phase]:
-    """The Trainer runs ``train.method`` needs, in order."""
-    names, template = list(dimensions.names), dimensions.template
-    if train.method == "spo":
-        # one round per dimension, in dimensions.names order, each against the previous round's policy
-        return [
-            Phase(f"spo-{d}", get_method("spo"), orient_by_dimension(rows, d)[0], lambda r: [r.prompt], True)
-            for d in names
-        ]
-    if train.method == "controllable_cpo":
-        conditioned = lambda r: [condition_prompt(r, names)]  # noqa: E731
-        return [
-            Phase("cpo-sft", get_method("sft"), list(rows), conditioned),
-            Phase("cpo-dpo", get_method("dpo"), list(rows), conditioned),
-        ]
-    method = get_method(train.method)
-    if method.orient_by_primary:
-        primary = names[train.modpo_primary_index]
-        rows, counts = orient_by_dimension(rows, primary)
-        logger.info("pairs oriented by %s: %s", primary, counts)
-    extra = train.weights == "authors_code"
-    return [Phase(method.name, method, list(rows), lambda r: pair_prompts(r, method, names, template, extra))]
-
-
-def features_for(phase: Phase, tokenizer, dimensions: Sequence[str], max_length: int) -> list[dict]:
-    features = []
-    for row in phase.rows:
-        feature = tokenize_pair(row, tokenizer, phase.prompts(row), max_length)
-        feature["chosen_scores"] = [float(row.chosen.scores[d]) for d in dimensions]
-        feature["rejected_scores"] = [float(row.rejected.scores[d]) for d in dimensions]
-        features.append(feature)
-    return features
 
 
 def run_fingerprint(rows: Sequence[PreferenceRow], model_dir, *, train, dimensions, dtype: str, seed: int) -> str:
@@ -409,7 +183,7 @@ def _reference_scores(model, phase: Phase, features, collator, batch_size: int, 
     missing = [i for i, (c, r) in enumerate(keys) if c not in cache or r not in cache]
     if cache and missing:
         logger.warning("%d of %d pairs not in the reference cache: scoring them now", len(missing), len(features))
-    computed = dict(zip(missing, reference_logps(model, [features[i] for i in missing], collator, batch_size)))
+    computed = dict(zip(missing, score_pairs(model, [features[i] for i in missing], collator, batch_size)))
     return [computed[i] if i in computed else (cache[c], cache[r]) for i, (c, r) in enumerate(keys)]
 
 
@@ -427,6 +201,7 @@ def train_policy(
     reference_cache: Mapping[str, float] | None = None,
     on_log: Callable[[dict], None] | None = None,
     eval_rows: Sequence[PreferenceRow] = (),
+    fingerprint: str | None = None,
 ) -> list[dict]:
     """Train a policy with ``train.method`` and save a plain (LoRA-merged) HF directory in ``out_dir``.
 
@@ -449,9 +224,8 @@ def train_policy(
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
     checkpoint_dir = Path(checkpoint_dir)
-    claim_checkpoints(
-        checkpoint_dir, run_fingerprint(rows, model_dir, train=train, dimensions=dimensions, dtype=dtype, seed=seed)
-    )
+    claim_checkpoints(checkpoint_dir, fingerprint or run_fingerprint(
+        rows, model_dir, train=train, dimensions=dimensions, dtype=dtype, seed=seed))
     phases = plan_phases(rows, train, dimensions)
     collator = PairCollator(tokenizer.pad_token_id)
     diagnose = None

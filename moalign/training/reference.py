@@ -49,12 +49,13 @@ def score_reference(
     starting model, and a description of them. Reference-free methods get an empty mapping.
     """
     from moalign.models import load_model_and_tokenizer
-    from moalign.training.preference import PairCollator, features_for, plan_phases, reference_logps
+    from moalign.training.batching import PairCollator, score_pairs
+    from moalign.training.phases import features_for, plan_phases
 
-    from moalign.config import ONLINE_METHODS
+    from moalign.training.methods import get_method
 
     meta = {"method": train.method, "max_length": train.max_length, "model": str(model_dir), "dtype": dtype}
-    if train.method in ONLINE_METHODS:
+    if get_method(train.method).online:
         return {}, {**meta, "needed": False, "sequences": 0,
                     "reason": f"{train.method} is trained online against the reward model"}
     phase = plan_phases(rows, train, dimensions)[0]
@@ -63,7 +64,7 @@ def score_reference(
                     "reason": f"{phase.method.name} does not compare with a reference model"}
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
     features = features_for(phase, tokenizer, dimensions.names, train.max_length)
-    scored = reference_logps(model, features, PairCollator(tokenizer.pad_token_id), batch_size)
+    scored = score_pairs(model, features, PairCollator(tokenizer.pad_token_id), batch_size)
     cache = {}
     for (chosen_key, rejected_key), (chosen, rejected) in zip(phase_keys(phase.rows, phase.prompts), scored):
         cache[chosen_key], cache[rejected_key] = chosen, rejected
