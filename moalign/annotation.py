@@ -7,6 +7,7 @@ sit where that policy puts its probability mass. The pairing rule is a pure func
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from typing import Literal, get_args
 
 from moalign.data.schema import PreferenceRow, ScoredCandidate, ScoredResponse, TaskPrompt
 from moalign.judges.base import Judge, Scores, score_many
+
+logger = logging.getLogger(__name__)
 
 #: sample(prompts) -> for each prompt, its candidate responses
 Sampler = Callable[[Sequence[str]], list[list[str]]]
@@ -256,8 +259,6 @@ def annotate_stage(config, tasks, model_dir, out_dir, journal) -> dict:
 def annotate_task(config, tasks, model_dir, judge, journal):
     """The embedded task's pairs: ``annotate.*`` candidates per prompt sampled from ``model_dir``,
     judged and paired (:func:`annotate`); returns (pairs, scored candidates, stats)."""
-    import logging
-
     from moalign.data.schema import read_jsonl
     from moalign.generation import DecodingConfig, generate_resumable, model_fingerprint
     from moalign.models import load_model_and_tokenizer
@@ -274,8 +275,7 @@ def annotate_task(config, tasks, model_dir, judge, journal):
         batch_size=max(1, section.batch_size // section.candidates_per_prompt),
         seed=config.seed,
     )
-    logging.getLogger(__name__).info("sampling %d candidates for %d prompts", section.candidates_per_prompt,
-                                     len(chosen))
+    logger.info("sampling %d candidates for %d prompts", section.candidates_per_prompt, len(chosen))
     model_id = model_fingerprint(model_dir)
 
     def sample(prompts: list[str]) -> list[list[str]]:
@@ -292,8 +292,6 @@ def annotate_task(config, tasks, model_dir, judge, journal):
 def annotate_from_file(config, judge):
     """``data.path``'s pairs (``data.format``) with the scores the file lacks judged; returns (pairs,
     an audit line per judged response, stats)."""
-    import logging
-
     from moalign.data.loaders import LoaderError, load_pairs
 
     data = config.data
@@ -302,8 +300,7 @@ def annotate_from_file(config, judge):
             data.path, data.format, config.dimensions.names, eval_fraction=data.eval_fraction,
             pair_by=data.pair_by, reverse_scores=data.reverse_scores, max_pairs=data.max_pairs,
         )
-        logging.getLogger(__name__).info("%d pairs from %d records of %s (%s)", len(rows), loaded.records,
-                                         data.path, data.format)
+        logger.info("%d pairs from %d records of %s (%s)", len(rows), loaded.records, data.path, data.format)
         rows, audit, judged = fill_missing_scores(rows, judge, config.dimensions.names)
     except (LoaderError, FileNotFoundError, ValueError) as error:
         raise AnnotationInputError(str(error)) from None

@@ -475,7 +475,7 @@ class Params(_Section):
             if dimension not in self.dimensions.names:
                 raise ValueError(f"train.online.tag_intensities names {dimension!r}, which is not in "
                                  f"dimensions.names {self.dimensions.names}")
-            n = self.reward.classes.get(dimension, 5)
+            n = self.reward_classes[self.dimensions.names.index(dimension)]
             if any(not 1 <= level <= n for level in levels):
                 raise ValueError(f"train.online.tag_intensities.{dimension} {levels}: intensities are 1-{n} "
                                  f"(reward.classes)")

@@ -139,7 +139,8 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     changes (size and modification time), since several steps of one stage ask for it."""
     model_dir = Path(model_dir).resolve()
     files = sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors"))
-    return _hash_files(tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+    stats = [(path, path.stat()) for path in files]
+    return _hash_files(tuple((str(path), stat.st_size, stat.st_mtime_ns) for path, stat in stats))
 
 
 @functools.lru_cache(maxsize=16)

@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer
 
 from moalign.data.schema import SCORE_MAX, SCORE_MIN, ScoredCandidate
+from moalign.rewards.mapping import RewardStats
 from moalign.rewards.model import (
     IGNORE_INDEX,
     MultiHeadRewardModel,
@@ -210,8 +211,8 @@ def _labels(examples: Sequence[dict], k: int) -> torch.Tensor:
     return torch.tensor([e["labels"] for e in examples], dtype=torch.long).reshape(len(examples), k)
 
 
-def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batch_size, max_length, majority) -> dict:
-    probs = score_texts(
+def _scored(model, tokenizer, examples: Sequence[dict], batch_size, max_length) -> list[torch.Tensor]:
+    return score_texts(
         model,
         tokenizer,
         [e["prompt"] for e in examples],
@@ -219,7 +220,6 @@ def _scored_metrics(model, tokenizer, examples: Sequence[dict], dimensions, batc
         batch_size=batch_size,
         max_length=max_length,
     )
-    return head_metrics(probs, _labels(examples, len(dimensions)), dimensions, majority)
 
 
 def freeze_lower_layers(model: MultiHeadRewardModel, top: int | None) -> None:
@@ -258,6 +258,7 @@ def train_reward_model(
     save_steps: int = 50,
     gradient_accumulation_steps: int = 1,
     lr_scheduler_type: str = "cosine",
+    stats: RewardStats | None = None,
 ) -> dict:
     """Fine-tune ``model`` (the heads and the backbone's ``top_layers``, all of it by default) in place on
     ``train_examples`` (:func:`reward_examples`).
@@ -265,7 +266,8 @@ def train_reward_model(
     Checkpoints go to ``output_dir`` every ``save_steps``; a rerun with the same examples, settings
     and heads resumes from the newest one (a fingerprint file guards against resuming another run).
     Returns ``{"train": head_metrics, "eval": head_metrics}``, both scored after training with
-    :func:`score_texts`, the function that scores for the policy stage.
+    :func:`score_texts`, the function that scores for the policy stage; the training responses'
+    probabilities are also merged into ``stats`` when given (Eq. 11's statistics, one scoring for both).
     """
     from datasets import Dataset
     from transformers import TrainingArguments, set_seed
@@ -330,10 +332,16 @@ def train_reward_model(
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output_dir)))
     trained = trainer.model
     dims = trained.dimensions
-    majority = majority_classes(_labels(train_examples, len(dims)))
+    train_labels = _labels(train_examples, len(dims))
+    majority = majority_classes(train_labels)
+    train_probs = _scored(trained, tokenizer, train_examples, batch_size, max_length)
+    if stats is not None:
+        # Eq. 11's statistics from the same scoring of the training responses that measures the heads
+        stats.update(train_probs)
+    eval_probs = _scored(trained, tokenizer, eval_examples, batch_size, max_length)
     return {
-        "train": _scored_metrics(trained, tokenizer, train_examples, dims, batch_size, max_length, majority),
-        "eval": _scored_metrics(trained, tokenizer, eval_examples, dims, batch_size, max_length, majority),
+        "train": head_metrics(train_probs, train_labels, dims, majority),
+        "eval": head_metrics(eval_probs, _labels(eval_examples, len(dims)), dims, majority),
     }
 
 
@@ -352,7 +360,6 @@ def train_reward_stage(config, candidates, model_dir, out_dir, metrics, checkpoi
 
     from moalign.data.schema import read_jsonl, write_json
     from moalign.models import resolve_dtype
-    from moalign.rewards.mapping import RewardStats
 
     dims, classes, section = list(config.dimensions.names), config.reward_classes, config.reward
     train, held_out = (reward_examples(part, dims, classes)
@@ -364,16 +371,14 @@ def train_reward_stage(config, candidates, model_dir, out_dir, metrics, checkpoi
     reward_model = MultiHeadRewardModel.from_backbone(model_dir, dims, classes,
                                                       dtype=resolve_dtype(config.model.dtype), seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    results = train_reward_model(
-        reward_model, tokenizer, train, held_out, output_dir=checkpoints, learning_rate=section.learning_rate,
-        epochs=section.epochs, batch_size=section.batch_size, max_length=section.max_length, seed=config.seed,
-        save_steps=section.save_steps, top_layers=section.top_layers,
-    )
     # Eq. 11's statistics: how probable each head finds each intensity over the training responses
     stats = RewardStats(dims, classes)
     stats.count_labels([e["labels"] for e in train])
-    stats.update(score_texts(reward_model, tokenizer, [e["prompt"] for e in train], [e["response"] for e in train],
-                             batch_size=section.batch_size, max_length=section.max_length))
+    results = train_reward_model(
+        reward_model, tokenizer, train, held_out, output_dir=checkpoints, learning_rate=section.learning_rate,
+        epochs=section.epochs, batch_size=section.batch_size, max_length=section.max_length, seed=config.seed,
+        save_steps=section.save_steps, top_layers=section.top_layers, stats=stats,
+    )
     reward_model.save(out_dir, tokenizer=tokenizer)
     stats.save(out_dir)
     write_json(metrics, results)
