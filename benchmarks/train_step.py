@@ -206,7 +206,7 @@ def _make_step_recorder(prompts_per_pair: int):
             seconds, tokens, sequences = t1 - t0, tok1 - tok0, seq1 - seq0
             pairs = sequences / (2 * prompts_per_pair)
             times = [self.start] + [end[0] for end in self.ends]
-            step_times = [b - a for a, b in zip(times[warmup:], times[warmup + 1 :])]
+            step_times = [b - a for a, b in zip(times[warmup:], times[warmup + 1 :], strict=False)]
             timed = steps - warmup
             return {
                 "steps_total": steps,
@@ -545,7 +545,7 @@ def print_report(title: str, rows: list[dict], targets: list[dict]) -> None:
         widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
         print(title)
         for i, line in enumerate(lines):
-            print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
             if i == 0:
                 print("  ".join("-" * w for w in widths))
     else:
@@ -556,7 +556,7 @@ def print_report(title: str, rows: list[dict], targets: list[dict]) -> None:
                 table.add_column(header, justify="left", overflow="fold", min_width=error_width, style="red")
             else:
                 table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
-        for row, line in zip(rows, cells):
+        for row, line in zip(rows, cells, strict=True):
             table.add_row(*line, style="red" if "error" in row else None)
         Console(width=max(160 + error_width, Console().width)).print(table)
     for target in targets:

@@ -25,27 +25,31 @@ def main(
     policy: Path = typer.Option(..., help="Trained policy directory (models/policy)."),
     metrics: Path = typer.Option(..., help="Evaluation metrics (metrics.json)."),
     validation_metrics: Path = typer.Option(..., help="Validation counts (metrics/validate.json)."),
+    evaluation: Path = typer.Option(
+        None, help="Per-prompt evaluation rows (eval/responses.jsonl), logged beside the metrics so a reviewer "
+        "can read the answers in MLflow."
+    ),
     data_dvc: Path = typer.Option(Path("data.dvc"), help="DVC file of the seed data, for the data hash tag."),
     out: Path = typer.Option(..., help="Where the registered version is recorded (registry/model_version.json)."),
     params: Path = PARAMS_OPTION,
 ) -> None:
     config = stage_params(params)
     log = setup_logging("register")
-    from moalign import registry
+    from moalign import registry, tracking
     from moalign.data.schema import write_json
     from moalign.models import require_model_dir
 
     require_model_dir(policy, made_by="the train_policy stage (dvc repro train_policy)")
     section = config.register_
-    registry.configure(section.tracking_uri, section.experiment)
+    tracking.configure(section.tracking_uri, section.experiment)
     train_log = policy / "train_log.json"
-    run_file = policy / registry.RUN_FILE
+    run_file = policy / tracking.RUN_FILE
     version = registry.log_and_register(
         run_name=f"{config.train.method}-{config.model.source}",
         params=config.model_dump(by_alias=True),
         step_metrics=json.loads(train_log.read_text()) if train_log.exists() else [],
         final_metrics={"eval": json.loads(metrics.read_text()), "validate": json.loads(validation_metrics.read_text())},
-        artifacts=[metrics, validation_metrics],
+        artifacts=[metrics, validation_metrics, *([evaluation] if evaluation else [])],
         model_dir=policy,
         model_name=section.model_name,
         tags={"method": config.train.method, "base_model": config.model.source},

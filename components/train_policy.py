@@ -17,7 +17,6 @@ from components._stage import PARAMS_OPTION, setup_logging, stage_params
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-
 @app.command()
 def main(
     pairs: Path = typer.Option(..., help="Validated train pairs (data/validated/train.jsonl)."),
@@ -48,8 +47,6 @@ def main(
     rows = read_jsonl(pairs, PreferenceRow)
     if not rows:
         raise typer.BadParameter(f"{pairs} holds no pairs: nothing to train on (see the validate stage's quarantine)")
-    if config.method.online and reward_model is None:
-        raise typer.BadParameter(f"train.method {config.train.method} needs --reward-model models/reward")
     log.info("%s: %d train pairs, dimensions %s", config.train.method, len(rows), ", ".join(config.dimensions.names))
     history = train(
         config, rows, model, out, checkpoints, eval_rows=read_jsonl(eval_pairs, PreferenceRow) if eval_pairs else (),

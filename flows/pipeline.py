@@ -7,7 +7,7 @@ Prefect logger line by line.
 Run locally (Prefect starts a temporary API server by itself, nothing to start by hand)::
 
     python -m flows.pipeline                       # every stage, in dvc.yaml order
-    python -m flows.pipeline --stage train --stage evaluate
+    python -m flows.pipeline --stage train_policy --stage evaluate
     python -m flows.pipeline --help
 
 Deployment: see ``prefect.yaml`` (work pool ``moalign-cpu``, type process).

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from moalign.data.schema import PreferenceRow, ScoredCandidate, ScoredResponse, TaskPrompt
+from moalign.data.schema import PreferenceRow, ScoredCandidate, ScoredResponse, TaskPrompt, distinct_responses
 from moalign.judges.base import Judge, Scores, score_many
 
 logger = logging.getLogger(__name__)
@@ -165,20 +165,12 @@ def annotate(
 
 
 def responses_of(rows: Sequence[PreferenceRow]) -> list[ScoredCandidate]:
-    """Each distinct (prompt, response) of the pairs' chosen and rejected sides, once, with its first
-    pair's scores: a response repeated across pairs would otherwise weigh twice in the reward model."""
-    seen: set[tuple[str, str, str]] = set()
-    responses = []
-    for row in rows:
-        for side in ("chosen", "rejected"):
-            response = getattr(row, side)
-            if (row.prompt_id, row.prompt, response.text) not in seen:
-                seen.add((row.prompt_id, row.prompt, response.text))
-                responses.append(ScoredCandidate(
-                    id=f"{row.id}:{side}", prompt_id=row.prompt_id, split=row.split, prompt=row.prompt,
-                    text=response.text, scores=dict(response.scores), truncated=response.truncated,
-                ))
-    return responses
+    """Each distinct (prompt, response) of the pairs' chosen and rejected sides, with its first pair's scores."""
+    return distinct_responses(
+        ScoredCandidate(id=f"{row.id}:{side}", prompt_id=row.prompt_id, split=row.split, prompt=row.prompt,
+                        text=response.text, scores=dict(response.scores), truncated=response.truncated)
+        for row in rows for side, response in (("chosen", row.chosen), ("rejected", row.rejected))
+    )
 
 
 def fill_missing_scores(

@@ -66,12 +66,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 _COMPARE_HELP = (
     "Compare experiments: one row per MLflow run with its method, key params and metrics, like "
     "Table 2 of the AMoPO/MOSLIM papers.\n\n"
-    "Columns: run id and name, start time (UTC), status, train.method, beta, gamma, weights, "
-    "learning rate, LoRA rank, the registered model version, then by default the win rate vs the "
-    "reference, the mean judge score, each dimension's policy score, the average response length "
-    "in words and the validated row count: the last logged value of each, '—' where a run has "
-    "none. The best value per metric column is bold (higher is better; lower for losses and "
-    "failures; lengths and counts are not judged). The store is only read, never created or "
+    "Columns: run id and train.method; by default the win rate vs the reference, the mean judge "
+    "score, each dimension's policy score, the average response length in words and the validated "
+    "row count (the last logged value of each); then beta, gamma and weights where the method reads "
+    "them, learning rate, LoRA rank, the registered model version, run name, start time (UTC) and "
+    "status. '—': not logged, or not read by the run's method. The best value per metric column is "
+    "bold (higher is better; lower for losses and failures; lengths and counts are not judged). A "
+    "narrow terminal leaves out the details first. The store is only read, never created or "
     "changed.\n\n"
     "Examples:\n\n"
     "  moalign compare\n"
@@ -133,6 +134,25 @@ _OnlyRegisteredOpt = Annotated[
 ]
 
 
+def _collect_rows(uri: str, name: str, metric: list[str] | None, only_registered: bool, sort: str | None) -> list[dict]:
+    """:func:`moalign.compare.collect_runs`, a store or experiment it cannot read as a message and
+    exit code 1; a ``--sort`` on a metric not shown collects that metric too."""
+    from moalign import compare as core
+    from moalign import tracking
+
+    base_names = {alias for field, header in core.BASE_COLUMNS for alias in (field, header)}
+    extra = [sort] if sort and sort.strip().lower() not in base_names else []
+    hints = {
+        tracking.StoreNotFound: " (run the pipeline first, or pass --tracking-uri)",
+        tracking.ExperimentNotFound: " (pass --experiment, or set register.experiment in params.yaml)",
+    }
+    try:
+        return core.collect_runs(uri, name, metrics=metric or None, only_registered=only_registered,
+                                 extra_metrics=extra)
+    except tracking.TrackingError as error:
+        raise _fail(f"{error}{hints.get(type(error), '')}") from None
+
+
 @app.command("compare", help=_COMPARE_HELP)
 def compare(
     params: _ParamsOpt = None,
@@ -153,16 +173,7 @@ def compare(
         raise _fail(str(error), 2) from None
     uri = tracking_uri or settings.tracking_uri
     name = experiment or settings.experiment
-
-    base_names = {alias for field, header in core.BASE_COLUMNS for alias in (field, header)}
-    extra = [sort] if sort and sort.strip().lower() not in base_names else []
-    try:
-        rows = core.collect_runs(
-            uri, name, metrics=metric or None, only_registered=only_registered, extra_metrics=extra
-        )
-    except core.CompareError as error:
-        raise _fail(str(error)) from None
-
+    rows = _collect_rows(uri, name, metric, only_registered, sort)
     if not rows:
         which = "registered runs" if only_registered else "runs"
         typer.echo(
@@ -189,129 +200,88 @@ def compare(
         typer.echo(f"wrote {core.write_json(rows, keys, json_out)}")
 
 
-# Left out, in this order, when the table would not fit the terminal even with wrapped cells.
-_DROPPABLE = ("status", "started", "weights", "gamma", "name", "lr", "run")
-_NAME_MIN = 10  # run names are cut (…) to this width before columns are left out
-_HEADER_WORD_MIN = 8  # longer header words (a dimension's name) fold when the terminal is narrow
+_NUMERIC_FIELDS = ("beta", "gamma", "learning_rate", "version")
+_NAME_MAX = 24  # on a narrow terminal, longer run names are cut (…)
 
 
-def _column_widths(
-    headers: list[str], cells: list[list[str]], numeric: list[bool]
-) -> list[tuple[int, int, int]]:
-    """(narrowest, unbroken, natural) content width per column. Narrowest: long header words fold,
-    run names are cut; unbroken: headers and text cells wrap between words only (numbers never);
-    natural: one line each."""
-    ranges = []
-    for index, header in enumerate(headers):
-        column = [line[index] for line in cells]
-        natural = max([len(header), *map(len, column)])
-        words = [w for value in column for w in ([value] if numeric[index] else value.split())]
-        unbroken = max(len(word) for word in [*header.split(), *words])
-        folded = [min(len(word), _HEADER_WORD_MIN) for word in header.split()]
-        narrowest = max([*folded, *map(len, words)])
-        if header == "name":
-            narrowest = min(narrowest, _NAME_MIN)
-        ranges.append((narrowest, unbroken, natural))
-    return ranges
+def _drop_order(rows: list[dict], keys: list[str]) -> list[str]:
+    """The columns a narrow terminal leaves out, in this order: the details before the numbers that
+    rank the runs; status only when every run finished."""
+    from moalign import compare as core
+
+    order = ("start_time", "status", "learning_rate", "lora", "version", "run_name", "weights", "gamma",
+             core.AVG_WORDS, core.VALID_ROWS, "beta")
+    finished = all(row.get("status") == "FINISHED" for row in rows)
+    return [c for c in order if c in core.table_columns(keys) and (c != "status" or finished)]
 
 
-def _chrome(n_columns: int) -> int:
-    """Characters spent between ``n_columns`` columns: the separator and one space of right padding
-    each (no outer edge, see the Table in :func:`_print_comparison`)."""
-    return 2 * (n_columns - 1)
+def _cell_style(column: str, value: str, best: bool) -> str:
+    if best:
+        return "bold green"
+    return "yellow" if column == "status" and value not in ("FINISHED", "—") else ""
 
 
-def _fit(
-    ranges: list[tuple[int, int, int]], shown: list[int], width: int, floor: int
-) -> list[int] | None:
-    """Content widths for the shown columns within ``width``: each column's ``ranges[i][floor]``,
-    widened with what is left first to unbroken words, then to one line; None when the floor
-    widths do not fit."""
-    widths = [ranges[i][floor] for i in shown]
-    spare = width - _chrome(len(shown)) - sum(widths)
-    if spare < 0:
-        return None
-    for level in (1, 2):
-        for k, i in enumerate(shown):
-            grow = min(spare, max(0, ranges[i][level] - widths[k]))
-            widths[k] += grow
-            spare -= grow
-    return widths
-
-
-def _print_comparison(rows: list[dict], keys: list[str], title: str) -> None:
+def _rich_table(rows: list[dict], keys: list[str], title: str, hidden=(), *, narrow=False, fold=False):
+    """The comparison as a rich Table without the ``hidden`` columns. ``narrow``: one word per header
+    line, so no column has room to give but by leaving out a column; ``fold``: rich may then fold
+    the metric headers' longest words (it shrinks the widest columns first)."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from moalign import compare as core
 
     headers, cells = core.comparison_table(rows, keys)
-    n_base = len(core.BASE_COLUMNS)
-    # metric headers wrap between words ("instruction following")
-    headers = [h.replace("_", " ") if i >= n_base else h for i, h in enumerate(headers)]
-    numbers = ("beta", "gamma", "lr", "version")
-    numeric = [i >= n_base or h in numbers for i, h in enumerate(headers)]
+    columns = core.table_columns(keys)
     best = core.best_rows(rows, keys)
-    ranges = _column_widths(headers, cells, numeric)
-
-    console = Console()
-    shown = list(range(len(headers)))
-    widths: list[int] | None = None
-    hidden: list[str] = []
-    natural = sum(r[2] for r in ranges) + _chrome(len(ranges))
-    if not console.is_terminal:  # a pipe or a file: the table at its natural width, not cut at 80
-        console = Console(width=max(40, natural))
-    elif natural > console.width:
-        # leave out columns until the rest fits with whole words; failing that, with folded headers
-        all_finished = {line[headers.index("status")] for line in cells} == {"FINISHED"}
-        droppable = [h for h in _DROPPABLE if h != "status" or all_finished]
-        for floor in (1, 0):
-            shown, hidden = list(range(len(headers))), []
-            widths = _fit(ranges, shown, console.width, floor)
-            for header in droppable:
-                if widths is not None:
-                    break
-                shown.remove(headers.index(header))
-                hidden.append(header)
-                widths = _fit(ranges, shown, console.width, floor)
-            if widths is not None:
-                break
-
-    caption = "bold: best per column;  —: not logged"
+    shown = [i for i, column in enumerate(columns) if column not in hidden]
+    caption = "bold: best per column;  —: not logged, or not read by the method"
     if hidden:
-        caption += f";  left out (narrow terminal): {', '.join(hidden)}"
-        if widths is None:
-            caption += ";  still too wide: pipe into `less -S`, or choose columns with --metric"
+        caption += f";  left out (narrow terminal): {', '.join(headers[columns.index(c)] for c in hidden)}"
     # booktabs-like, as in the papers: a rule under the header, no vertical lines
-    table = Table(
-        title=title,
-        caption=caption,
-        title_justify="left",
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1, 0, 0),
-    )
-    for k, index in enumerate(shown):
-        table.add_column(
-            headers[index],
-            justify="right" if numeric[index] else "left",
-            width=widths[k] if widths else None,
-            overflow="ellipsis" if headers[index] == "name" else "fold",
-        )
-    for row_index, line in enumerate(cells):
-        styled = []
-        for index in shown:
-            value, style = line[index], ""
-            if index >= n_base and row_index in best.get(keys[index - n_base], ()):
-                style = "bold green"
-            elif headers[index] == "status" and value not in ("FINISHED", core.MISSING):
-                style = "yellow"
-            styled.append(Text(value, style=style))
-        table.add_row(*styled)
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for i in shown:
+        column, header = columns[i], headers[i]
+        if column in keys:
+            words = header.replace("_", " ").split()
+            table.add_column("\n".join(words) if narrow else " ".join(words), justify="right",
+                             no_wrap=narrow and not fold, overflow="fold")
+        elif column in ("run_name", "start_time"):  # may wrap between words; a long name is cut
+            table.add_column(header, overflow="ellipsis", max_width=_NAME_MAX if narrow else None)
+        else:
+            table.add_column(header, justify="right" if column in _NUMERIC_FIELDS else "left", no_wrap=True)
+    for r, line in enumerate(cells):
+        styles = [_cell_style(columns[i], line[i], r in best.get(columns[i], ())) for i in shown]
+        table.add_row(*(Text(line[i], style=style) for i, style in zip(shown, styles, strict=True)))
+    return table
+
+
+def _print_comparison(rows: list[dict], keys: list[str], title: str, console=None) -> None:
+    """The table on ``console`` (default: stdout), laid out by rich. A terminal narrower than the
+    table stacks the metric headers and leaves out :func:`_drop_order` columns until the rest fits
+    with whole words; a pipe or a file gets the whole table, not cut at 80 columns."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = console or Console()
+    unbounded = console.options.update_width(10_000)  # rich's measurements stop at the given width
+
+    def minimum(table) -> int:
+        return Measurement.get(console, unbounded, table).minimum
+
+    table = _rich_table(rows, keys, title)
+    natural = Measurement.get(console, unbounded, table).maximum
+    if not console.is_terminal:
+        console = Console(file=console.file, width=natural)
+    elif natural > console.width:
+        droppable, hidden = _drop_order(rows, keys), []
+        table = _rich_table(rows, keys, title, narrow=True)
+        while droppable and minimum(table) > console.width:
+            hidden.append(droppable.pop(0))
+            table = _rich_table(rows, keys, title, hidden, narrow=True)
+        if minimum(table) > console.width:
+            table = _rich_table(rows, keys, title, hidden, narrow=True, fold=True)
     console.print(table)
 
 

@@ -1,11 +1,12 @@
 """Experiments x metrics from MLflow: the table behind ``moalign compare`` (the papers' Table 2).
 
 :func:`collect_runs` reads the runs of one MLflow experiment (newest first) into plain dicts: run
-identity, ``train.method`` and a few key params, the registered model versions made from the run,
-and the last logged value of each requested metric. :func:`comparison_table` formats them as strings
-(3 decimals, ``—`` where a run lacks a value), :func:`best_rows` finds the best value per metric
-column and :func:`sort_rows` orders the rows. Only :func:`collect_runs` touches MLflow; it reads the
-store and never writes to it (a missing SQLite file is an error, not a new empty store).
+identity, ``train.method`` and a few key params (the method-specific ones only for the methods that
+read them), the registered model versions made from the run, and the last logged value of each
+requested metric. :func:`comparison_table` formats them as strings (3 decimals, ``—`` where a run
+lacks a value), the run and its numbers first, :func:`best_rows` finds the best value per metric
+column and :func:`sort_rows` orders the rows. Only :func:`collect_runs` touches MLflow, through
+:mod:`moalign.tracking`; it never writes (a missing SQLite file is an error, not a new empty store).
 """
 
 from __future__ import annotations
@@ -13,21 +14,21 @@ from __future__ import annotations
 import ast
 import csv
 import json
-import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from moalign import registry, tracking
+from moalign.tracking import RunRecord, is_number
+from moalign.training.methods import METHODS
 
 __all__ = [
     "BASE_COLUMNS",
     "CompareError",
     "DEFAULT_METRICS",
-    "ExperimentNotFound",
-    "StoreError",
     "best_rows",
     "collect_runs",
     "comparison_table",
@@ -36,8 +37,8 @@ __all__ = [
     "metric_keys",
     "metric_label",
     "resolve_sort_key",
-    "resolve_tracking_uri",
     "sort_rows",
+    "table_columns",
     "write_csv",
     "write_json",
 ]
@@ -59,7 +60,7 @@ _LABELS = {
     VALID_ROWS: "valid rows",
 }
 
-# (row field, table header) of the columns every table starts with.
+# (row field, table header) of every row's fields, in the exports' order.
 BASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "run"),
     ("run_name", "name"),
@@ -74,37 +75,21 @@ BASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("version", "version"),
 )
 
+# The table's order: the run, then the numbers that rank it (the metric keys), then what explains them.
+KEY_FIELDS = ("run_id", "method")
+DETAIL_FIELDS = ("beta", "gamma", "weights", "learning_rate", "lora", "version", "run_name", "start_time", "status")
+
 # row field -> MLflow param (flattened params.yaml key)
-_PARAMS = {
-    "method": "train.method",
-    "beta": "train.beta",
-    "gamma": "train.gamma",
-    "weights": "train.weights",
-    "learning_rate": "train.learning_rate",
-}
+_PARAMS = {"method": "train.method", "learning_rate": "train.learning_rate"}
+# shown for the methods whose losses read them (moalign.training.methods, Method.train_params)
+_METHOD_PARAMS = ("beta", "gamma", "weights")
 
 _SHORT_ID = 8
 
 
 class CompareError(Exception):
-    """A comparison could not be made; the message says why, for the user."""
-
-
-class StoreError(CompareError):
-    """The tracking store is missing or unreadable."""
-
-
-class ExperimentNotFound(CompareError):
-    """No active experiment of that name; ``existing`` lists the names there are."""
-
-    def __init__(self, experiment: str, tracking_uri: str, existing: Sequence[str]):
-        self.experiment = experiment
-        self.existing = list(existing)
-        listing = ", ".join(repr(name) for name in self.existing) if self.existing else "none"
-        super().__init__(
-            f"no experiment {experiment!r} in {tracking_uri}; existing experiments: {listing} "
-            "(pass --experiment, or set register.experiment in params.yaml)"
-        )
+    """A comparison could not be made as asked; the message says why, for the user. (A store or
+    experiment that cannot be read is a :class:`moalign.tracking.TrackingError`.)"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,8 +171,9 @@ def metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(keys)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+def _is_value(value: Any) -> bool:
+    """A number that is not NaN (a logged value, not a gap)."""
+    return is_number(value) and not math.isnan(value)
 
 
 _COUNT_SUFFIXES = ("rows", "wins", "losses", "ties", "failures", "flipped", "n", "n_prompts")
@@ -199,28 +185,36 @@ def _integral_column(rows: Sequence[Mapping[str, Any]], key: str) -> bool:
     if not (last in _COUNT_SUFFIXES or last.endswith(_COUNT_SUFFIXES[:-2])):
         return False
     values = [row.get("metrics", {}).get(key) for row in rows]
-    numbers = [float(v) for v in values if _is_number(v)]
+    numbers = [float(v) for v in values if _is_value(v)]
     return bool(numbers) and all(v.is_integer() for v in numbers)
+
+
+def table_columns(metric_keys: Sequence[str]) -> list[str]:
+    """The row field or metric key of each table column: :data:`KEY_FIELDS`, the metric keys, then
+    :data:`DETAIL_FIELDS`."""
+    return [*KEY_FIELDS, *metric_keys, *DETAIL_FIELDS]
 
 
 def comparison_table(
     rows: Sequence[Mapping[str, Any]], metric_keys: Sequence[str], decimals: int = 3
 ) -> tuple[list[str], list[list[str]]]:
-    """``(headers, cells)``: the :data:`BASE_COLUMNS` then one column per metric key, all strings.
+    """``(headers, cells)`` of the :func:`table_columns`, all strings.
 
     Metric values get ``decimals`` places, except a count column (``valid_rows``, ``wins``) whose
     values are all whole numbers, which shows integers; a missing value is ``—``.
     """
-    headers = [header for _, header in BASE_COLUMNS] + [metric_label(key) for key in metric_keys]
+    field_headers = dict(BASE_COLUMNS)
+    columns = table_columns(metric_keys)
+    headers = [field_headers[c] if c in field_headers else metric_label(c) for c in columns]
     integral = {key: _integral_column(rows, key) for key in metric_keys}
     cells = []
     for row in rows:
-        line = [_format_field(field, row.get(field)) for field, _ in BASE_COLUMNS]
         metrics = row.get("metrics", {})
-        line += [
-            format_value(metrics.get(key), decimals, integer=integral[key]) for key in metric_keys
-        ]
-        cells.append(line)
+        cells.append([
+            format_value(metrics.get(c), decimals, integer=integral[c]) if c in integral
+            else _format_field(c, row.get(c))
+            for c in columns
+        ])
     return headers, cells
 
 
@@ -249,7 +243,7 @@ def best_rows(rows: Sequence[Mapping[str, Any]], metric_keys: Sequence[str]) -> 
         values = [
             (i, float(row.get("metrics", {}).get(key)))
             for i, row in enumerate(rows)
-            if _is_number(row.get("metrics", {}).get(key))
+            if _is_value(row.get("metrics", {}).get(key))
         ]
         if len(values) < 2:
             continue
@@ -301,7 +295,7 @@ def sort_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[dict[str, Any
         descending = metric_direction(key) != "min"
 
     def number(value: Any) -> float | None:
-        if _is_number(value):
+        if _is_value(value):
             return float(value)
         try:
             parsed = float(str(value))
@@ -371,94 +365,11 @@ def write_json(
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_tracking_uri(tracking_uri: str) -> str:
-    """``sqlite:///relative.db`` made absolute (against the current directory), checked to exist:
-    reading must not create an empty store. Other URIs are returned unchanged."""
-    from moalign.registry import sqlite_db_path
-
-    try:
-        db_path = sqlite_db_path(tracking_uri)
-    except ValueError:
-        raise StoreError(f"{tracking_uri}: not an on-disk SQLite store") from None
-    if db_path is None:
-        return tracking_uri
-    if not db_path.is_file():
-        raise StoreError(
-            f"no MLflow store at {tracking_uri}: {db_path} does not exist "
-            "(run the pipeline's register stage first, or pass --tracking-uri)"
-        )
-    return f"sqlite:///{db_path.as_posix()}"
-
-
-def _client(uri: str) -> Any:
-    # moalign.registry first: importing it switches MLflow's usage telemetry off before mlflow loads
-    from moalign.registry import _quiet_loggers
-
-    from mlflow import MlflowClient
-
-    with _quiet_loggers("mlflow.store.db.utils", "alembic"):
-        try:
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            client.search_experiments(max_results=1)  # opens the store now, so errors surface here
-        except Exception as error:  # MlflowException, sqlalchemy errors, OSError...
-            raise StoreError(
-                f"cannot read the MLflow store at {uri}: {_first_line(error)}"
-            ) from error
-    return client
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def _experiment_id(client: Any, experiment: str, uri: str) -> str:
-    found = client.get_experiment_by_name(experiment)
-    if found is None or found.lifecycle_stage == "deleted":
-        names = [e.name for e in client.search_experiments()]
-        raise ExperimentNotFound(experiment, uri, names)
-    return found.experiment_id
-
-
-def _search_all_runs(client: Any, experiment_id: str) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            order_by=["attributes.start_time DESC"],
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _versions_by_run(client: Any, run_ids: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
-    """run id -> [(model name, version)] of the registered versions made from it."""
-    found: dict[str, list[tuple[str, int]]] = {}
-    for start in range(0, len(run_ids), 100):
-        chunk = run_ids[start : start + 100]
-        quoted = ", ".join(f"'{run_id}'" for run_id in chunk)
-        try:
-            versions = client.search_model_versions(f"run_id IN ({quoted})")
-        except Exception as error:  # a store without a model registry: no versions
-            logging.getLogger(__name__).debug("no model versions: %s", error)
-            return {}
-        for version in versions:
-            found.setdefault(version.run_id, []).append((version.name, int(version.version)))
-    for entries in found.values():
-        entries.sort(key=lambda item: (item[0], item[1]))
-    return found
-
-
-def _dimension_order(runs: Sequence[Any]) -> list[str]:
+def _dimension_order(runs: Sequence[RunRecord]) -> list[str]:
     """``dimensions.names`` as logged (newest run first), so score columns follow params.yaml."""
     order: list[str] = []
     for run in runs:
-        raw = run.data.params.get("dimensions.names")
+        raw = run.params.get("dimensions.names")
         if not raw:
             continue
         try:
@@ -470,10 +381,10 @@ def _dimension_order(runs: Sequence[Any]) -> list[str]:
     return order
 
 
-def _default_metric_keys(runs: Sequence[Any]) -> list[str]:
+def _default_metric_keys(runs: Sequence[RunRecord]) -> list[str]:
     present: set[str] = set()
     for run in runs:
-        present.update(run.data.metrics)
+        present.update(run.metrics)
     dims = {key[len(SCORES_PREFIX) :] for key in present if key.startswith(SCORES_PREFIX)}
     order = [d for d in _dimension_order(runs) if d in dims] + sorted(
         dims - set(_dimension_order(runs))
@@ -491,31 +402,33 @@ def _lora(params: Mapping[str, str]) -> str | None:
     return f"r{rank}" if rank else "on"
 
 
-def _row(run: Any, metric_keys: Sequence[str], versions: list[tuple[str, int]]) -> dict[str, Any]:
-    info, params = run.info, run.data.params
-    start = None
-    if info.start_time:
-        start = datetime.fromtimestamp(info.start_time / 1000, tz=UTC).isoformat(
-            timespec="seconds"
-        )
+def _method_params(params: Mapping[str, str]) -> dict[str, str | None]:
+    """beta, gamma, weights as logged, None where the run's method does not read them (all of them
+    for a method this version does not know)."""
+    method = METHODS.get(params.get("train.method") or "")
+    used = _METHOD_PARAMS if method is None else method.train_params
+    return {field: params.get(f"train.{field}") if field in used else None for field in _METHOD_PARAMS}
+
+
+def _row(run: RunRecord, metric_keys: Sequence[str], versions: list[tuple[str, int]]) -> dict[str, Any]:
     names = {name for name, _ in versions}
     if len(names) <= 1:
         version = ",".join(str(number) for _, number in versions) or None
     else:
         version = ",".join(f"{name}/{number}" for name, number in versions)
-    row: dict[str, Any] = {
-        "run_id": info.run_id[:_SHORT_ID],
-        "run_id_full": info.run_id,
-        "run_name": info.run_name,
-        "start_time": start,
-        "status": info.status,
-        **{field: params.get(param) for field, param in _PARAMS.items()},
-        "lora": _lora(params),
+    return {
+        "run_id": run.run_id[:_SHORT_ID],
+        "run_id_full": run.run_id,
+        "run_name": run.name,
+        "start_time": run.start_time.isoformat(timespec="seconds") if run.start_time else None,
+        "status": run.status,
+        **{field: run.params.get(param) for field, param in _PARAMS.items()},
+        **_method_params(run.params),
+        "lora": _lora(run.params),
         "version": version,
         "registered": [f"models:/{name}/{number}" for name, number in versions],
-        "metrics": {key: run.data.metrics.get(key) for key in metric_keys},
+        "metrics": {key: run.metrics.get(key) for key in metric_keys},
     }
-    return row
 
 
 def collect_runs(
@@ -529,8 +442,9 @@ def collect_runs(
     """The runs of ``experiment`` in the store at ``tracking_uri``, newest first, one dict each.
 
     Each row: ``run_id`` (8 characters; ``run_id_full`` too), ``run_name``, ``start_time`` (ISO,
-    UTC), ``status``, the params ``method`` (``train.method``), ``beta``, ``gamma``, ``weights``,
-    ``learning_rate`` (strings as logged, None when absent), ``lora`` (``r16``/``off``), ``version``
+    UTC), ``status``, the params ``method`` (``train.method``), ``beta``, ``gamma``, ``weights``
+    (None where the method does not read them), ``learning_rate`` (strings as logged, None when
+    absent), ``lora`` (``r16``/``off``), ``version``
     (registered versions made from the run, ``"3,4"``; None when unregistered), ``registered``
     (their ``models:/`` URIs) and ``metrics``: ``{key: last logged value or None}`` over the same
     ordered keys in every row.
@@ -540,24 +454,17 @@ def collect_runs(
     added after them when at least one run logged them (``--sort`` on a metric not shown).
     ``only_registered`` keeps the runs with a registered version.
 
-    Raises :class:`StoreError` for a missing or unreadable store, :class:`ExperimentNotFound` for an
-    unknown experiment (with the existing names).
+    Raises :class:`moalign.tracking.StoreError` for a missing or unreadable store,
+    :class:`moalign.tracking.ExperimentNotFound` for an unknown experiment (with the existing names).
     """
-    uri = resolve_tracking_uri(tracking_uri)
-    client = _client(uri)
-    experiment_id = _experiment_id(client, experiment, uri)
-    try:
-        runs = _search_all_runs(client, experiment_id)
-    except Exception as error:
-        raise StoreError(
-            f"cannot read the runs of {experiment!r} at {uri}: {_first_line(error)}"
-        ) from error
+    client = tracking.open_store(tracking_uri)
+    runs = tracking.experiment_runs(client, experiment)
     keys = list(metrics) if metrics is not None else _default_metric_keys(runs)
     for key in extra_metrics:
-        if key not in keys and any(key in run.data.metrics for run in runs):
+        if key not in keys and any(key in run.metrics for run in runs):
             keys.append(key)
-    versions = _versions_by_run(client, [run.info.run_id for run in runs]) if runs else {}
-    rows = [_row(run, keys, versions.get(run.info.run_id, [])) for run in runs]
+    versions = registry.versions_by_run(client, [run.run_id for run in runs]) if runs else {}
+    rows = [_row(run, keys, versions.get(run.run_id, [])) for run in runs]
     if only_registered:
         rows = [row for row in rows if row["version"]]
     return rows

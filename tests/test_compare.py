@@ -1,5 +1,5 @@
 """moalign.compare and ``moalign compare``: pure formatting, collection from a throwaway SQLite
-MLflow store (runs made through moalign.registry, as the pipeline makes them) and the CLI."""
+MLflow store (runs made through moalign.tracking, as the pipeline makes them) and the CLI."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import mlflow.tracking.fluent as _fluent  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from moalign import registry  # noqa: E402
+from moalign import tracking  # noqa: E402
 from moalign.cli import app  # noqa: E402
 from moalign.compare import (  # noqa: E402
     AVG_WORDS,
@@ -27,8 +27,6 @@ from moalign.compare import (  # noqa: E402
     VALID_ROWS,
     WIN_RATE,
     CompareError,
-    ExperimentNotFound,
-    StoreError,
     best_rows,
     collect_runs,
     comparison_table,
@@ -38,6 +36,7 @@ from moalign.compare import (  # noqa: E402
     resolve_sort_key,
     sort_rows,
 )
+from moalign.tracking import ExperimentNotFound, StoreError, StoreNotFound  # noqa: E402
 
 CORRECTNESS = "eval/policy/scores/correctness"
 VERBOSITY = "eval/policy/scores/verbosity"
@@ -103,8 +102,9 @@ def test_format_value() -> None:
 def test_comparison_table_headers_cells_and_missing_values() -> None:
     keys = ["win", "mean", AVG_WORDS, VALID_ROWS, "absent"]
     headers, cells = comparison_table(_rows(), keys)
-    assert headers[:5] == ["run", "name", "started", "status", "method"]
-    assert headers[-5:] == ["win", "mean", "words", "valid rows", "absent"]
+    # the run, its numbers, then the details
+    assert headers[:7] == ["run", "method", "win", "mean", "words", "valid rows", "absent"]
+    assert headers[7:] == ["beta", "gamma", "weights", "lr", "lora", "version", "name", "started", "status"]
     assert len(cells) == 3 and all(len(line) == len(headers) for line in cells)
     amopo = dict(zip(headers, cells[0], strict=True))
     assert amopo["method"] == "amopo" and amopo["beta"] == "0.8" and amopo["lr"] == "5e-05"
@@ -115,7 +115,7 @@ def test_comparison_table_headers_cells_and_missing_values() -> None:
     _, rate_cells = comparison_table(
         [_row("x", "dpo", {WIN_RATE: 1.0}), _row("y", "dpo", {WIN_RATE: 0.0})], [WIN_RATE]
     )
-    assert [line[-1] for line in rate_cells] == ["1.000", "0.000"]  # a rate stays a rate
+    assert [line[2] for line in rate_cells] == ["1.000", "0.000"]  # a rate stays a rate
     assert amopo["absent"] == "—"
     sft = dict(zip(headers, cells[2], strict=True))
     assert (sft["win"], sft["mean"], sft["valid rows"]) == ("—", "—", "70")
@@ -123,7 +123,7 @@ def test_comparison_table_headers_cells_and_missing_values() -> None:
 
 def test_known_metric_keys_get_short_headers() -> None:
     headers, _ = comparison_table([], [WIN_RATE, MEAN_SCORE, CORRECTNESS, AVG_WORDS, VALID_ROWS])
-    assert headers[-5:] == ["win rate", "mean score", "correctness", "words", "valid rows"]
+    assert headers[2:7] == ["win rate", "mean score", "correctness", "words", "valid rows"]
 
 
 def test_metric_direction() -> None:
@@ -233,8 +233,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         patch.setattr(_fluent, "_active_experiment_id", None)
         patch.chdir(folder)
         uri = f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
-        registry.configure(uri, "empty")
-        experiment_id = registry.configure(uri, "moalign")
+        tracking.configure(uri, "empty")
+        experiment_id = tracking.configure(uri, "moalign")
         client = MlflowClient()
         runs = [
             (
@@ -254,15 +254,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ("sft", 1.0, True, {}, "FAILED"),
         ]
         for method, beta, lora, metrics, status in runs:
-            run_id = registry.start_training_run(
+            run_id = tracking.start_training_run(
                 experiment_id, f"{method}-tiny", _params(method, beta, lora), fingerprint=method
             )
-            registry.StepMetricLogger(run_id)({"loss": 1.0, "correctness/weight": 0.5, "step": 1})
+            tracking.StepMetricLogger(run_id)({"loss": 1.0, "correctness/weight": 0.5, "step": 1})
             history = [
                 {"loss": 1.0, "step": 1},
                 {"loss": 0.5 if method == "amopo" else 0.7, "step": 2},
             ]
-            registry.finish_training_run(run_id, history, status=status)
+            tracking.finish_training_run(run_id, history, status=status)
             for key, value in metrics.items():
                 client.log_metric(run_id, key, value, step=0)
             if method == "dpo":
@@ -280,6 +280,9 @@ def test_collect_runs_from_the_store(store: str) -> None:
     assert len(amopo["run_id"]) == 8 and amopo["run_id_full"].startswith(amopo["run_id"])
     assert amopo["run_name"] == "amopo-tiny" and amopo["status"] == "FINISHED"
     assert (amopo["beta"], amopo["gamma"], amopo["weights"]) == ("0.8", "2.0", "gaussian")
+    # logged for every run, shown where the method reads them: DPO reads beta only, SFT none
+    assert (dpo["beta"], dpo["gamma"], dpo["weights"]) == ("0.2", None, None)
+    assert (sft["beta"], sft["gamma"], sft["weights"]) == (None, None, None)
     assert amopo["learning_rate"] == "5e-05"
     assert (amopo["lora"], dpo["lora"]) == ("r16", "off")
     assert dpo["version"] == "1" and dpo["registered"] == ["models:/moalign-policy/1"]
@@ -307,7 +310,7 @@ def test_collect_runs_errors(store: str, tmp_path: Path, monkeypatch: pytest.Mon
         collect_runs(store, "nope")
     assert {"moalign", "empty"} <= set(caught.value.existing)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StoreError, match=r"sqlite:///missing\.db"):
+    with pytest.raises(StoreNotFound, match=r"sqlite:///missing\.db"):
         collect_runs("sqlite:///missing.db", "moalign")
     assert not (tmp_path / "missing.db").exists()  # reading never creates a store
     (tmp_path / "junk.db").write_text("not a database")
@@ -419,6 +422,61 @@ def test_cli_errors_and_empty_experiment(store: str, tmp_path: Path) -> None:
     assert unreadable.exit_code == 1 and "absent.db" in unreadable.output
 
 
+def test_the_params_a_method_reads_are_train_settings() -> None:
+    from moalign.config import TrainParams
+    from moalign.training.methods import METHODS
+
+    for method in METHODS.values():
+        assert set(method.train_params) <= set(TrainParams.model_fields), method.name
+    assert "weights" in METHODS["amopo"].train_params and "weights" not in METHODS["simpo"].train_params
+    assert METHODS["simpo"].train_params == ("beta", "gamma") and METHODS["moslim_rloo"].train_params == ()
+
+
+def test_simpo_row_shows_its_own_params_not_amopos_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(_tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(_registry_utils, "_registry_uri", None)
+    monkeypatch.setattr(_fluent, "_active_experiment_id", None)
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    experiment_id = tracking.configure(uri, "sweep")
+    for method in ("amopo", "simpo"):
+        params = _params(method, 0.8, True)
+        params["train"]["weights"] = "authors_code"  # AMoPO's, logged for both
+        run_id = tracking.start_training_run(experiment_id, f"{method}-run", params, fingerprint=method)
+        tracking.finish_training_run(run_id, [])
+    rows = {row["method"]: row for row in collect_runs(uri, "sweep")}
+    assert (rows["simpo"]["beta"], rows["simpo"]["gamma"], rows["simpo"]["weights"]) == ("0.8", "2.0", None)
+    assert rows["amopo"]["weights"] == "authors_code"
+    result = _invoke("--tracking-uri", uri, "--experiment", "sweep")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    simpo, amopo = lines[_line_of(result.output, "simpo-run")], lines[_line_of(result.output, "amopo-run")]
+    assert "authors_code" in amopo and "authors_code" not in simpo
+    assert re.search(r"\b0\.8\s+2\.0\s+—", simpo)  # beta, gamma, no weights
+
+
+def test_cli_fits_an_80_column_terminal_numbers_first(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "80")
+    result = _invoke("--tracking-uri", store, "--experiment", "moalign")
+    assert result.exit_code == 0, result.output
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    assert max(len(line.rstrip()) for line in plain.splitlines()) <= 80
+    lines = plain.splitlines()
+    above, header = lines[_line_of(plain, "method") - 1], lines[_line_of(plain, "method")]
+    assert "win" in above and "mean" in above  # headers stacked a word a line, bottom-aligned
+    order = [header.index(word) for word in ("run", "method", "rate", "score", "correctness", "verbosity")]
+    assert order == sorted(order)  # the run, then the key numbers
+    for text in ("correctness", "verbosity", "0.600", "0.450", "3.400", "FAILED"):
+        assert text in plain  # whole: the details were left out first
+    assert "left out (narrow terminal): started, lr" in " ".join(plain.split())
+
+
 def test_cli_help_explains_itself() -> None:
     result = CliRunner().invoke(app, ["compare", "--help"])
     assert result.exit_code == 0
@@ -437,7 +495,11 @@ def test_cli_terminal_highlights_best_and_fits_narrow_width(
     assert result.exit_code == 0, result.output
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
     assert max(len(line.rstrip()) for line in plain.splitlines()) <= 110
-    assert "left out (narrow terminal): " in plain and "win rate" in plain
+    assert "left out (narrow terminal): " in plain
+    # "win rate", stacked: a narrow terminal gives every word of a metric header its own line
+    lines = plain.splitlines()
+    above, header = lines[_line_of(plain, "rate") - 1], lines[_line_of(plain, "rate")]
+    assert above.index("win") + len("win") == header.index("rate") + len("rate")
     # the best win rate (amopo, 0.600) and correctness (dpo, 3.400) are bold
     assert re.search(r"\x1b\[1[;0-9]*m\s*0\.600", result.output)
     assert re.search(r"\x1b\[1[;0-9]*m\s*3\.400", result.output)

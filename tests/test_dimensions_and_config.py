@@ -15,7 +15,7 @@ def test_dimension_prompts_differ_only_in_their_dimension_part():
     dims = ["correctness", "instruction_following", "verbosity"]
     prompts = dimension_prompts(TEMPLATE, "What is 2 + 2?", dims, {d: 4 for d in dims})
     assert len(set(prompts)) == 3
-    for dim, prompt in zip(dims, prompts):
+    for dim, prompt in zip(dims, prompts, strict=True):
         # each is exactly the template on the ORIGINAL prompt: no prefix of another dimension leaks in
         assert prompt == f"Focus on {dim.replace('_', ' ')} (target score 4/5).\nWhat is 2 + 2?"
         assert prompt.count("Focus on") == 1

@@ -205,6 +205,9 @@ def test_every_judged_suite_with_known_verdicts(judged_run) -> None:
     server, run, out = judged_run
     rows, metrics = run()
     json.dumps(metrics, allow_nan=False)  # no NaN reaches metrics.json
+    # an untagged policy's controllability plot: the header alone, so `dvc plots show` has a file to draw
+    assert (out / "controllability.csv").read_text().splitlines() == [
+        "requested,correctness,instruction_following,verbosity,harmlessness"]
 
     # held-out: the LLM pairwise judge decides, in both orders
     wr = metrics["win_rate_vs_reference"]
@@ -214,7 +217,7 @@ def test_every_judged_suite_with_known_verdicts(judged_run) -> None:
     # equal answers are asked in both orders and the judge picks (a) both times: the orders
     # disagree, so a tie
     equal = [r["policy"]["text"] == r["reference"]["text"] for r in rows]
-    assert [r["outcome"] for r in rows] == ["tie" if same else e for e, same in zip(expected, equal)]
+    assert [r["outcome"] for r in rows] == ["tie" if same else e for e, same in zip(expected, equal, strict=True)]
 
     # MT-bench: every turn of both models rated 7 (two questions, two turns each)
     mt = metrics["mt_bench"]
@@ -334,3 +337,13 @@ def test_no_controllability_for_a_policy_without_tags(tmp_path: Path) -> None:
     config = Params.model_validate(_params())
     plan = plan_evaluation(config, [TaskPrompt(id="p", split="eval", category="open", prompt="Hi")], BENCHMARKS)
     assert plan.control is None and set(plan.suites) == {"heldout"}
+
+
+def test_metrics_json_leads_with_the_win_rate_and_sorts_the_rest(tmp_path: Path) -> None:
+    from moalign.evaluation.run import write_metrics
+
+    write_metrics(tmp_path / "metrics.json", {"a_first_alphabetically": 1, "policy": {"z": 1, "b": 2},
+                                              "win_rate_vs_reference": {"wins": 3, "ci95_low": 0.5}})
+    loaded = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(loaded) == ["win_rate_vs_reference", "policy", "a_first_alphabetically"]
+    assert list(loaded["win_rate_vs_reference"]) == ["ci95_low", "wins"] and list(loaded["policy"]) == ["b", "z"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 
 from moalign.evaluation.ifbench import (
     APPROXIMATE,
-    DEFAULT_IFBENCH_PATH,
     DEVIATIONS,
+    TEST_FILE,
     UNVERIFIABLE,
     VERIFIERS,
     IFBenchFormatError,
@@ -23,7 +24,7 @@ from moalign.evaluation.ifbench import (
 )
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "ifbench"
-ITEMS = load_ifbench(DATA_DIR / "IFBench_test.jsonl")
+ITEMS = load_ifbench(DATA_DIR / TEST_FILE)
 
 
 def real_kwargs(instruction_id: str, nth: int = 0) -> dict:
@@ -43,7 +44,6 @@ def real_kwargs(instruction_id: str, nth: int = 0) -> dict:
 
 
 def test_shipped_file_loads_with_every_id_covered():
-    assert DEFAULT_IFBENCH_PATH == DATA_DIR / "IFBench_test.jsonl"
     assert len(ITEMS) == 294
     ids = {iid for item in ITEMS for iid in item.instruction_ids}
     assert len(ids) == 57
@@ -52,6 +52,11 @@ def test_shipped_file_loads_with_every_id_covered():
     assert not set(VERIFIERS) & set(UNVERIFIABLE)
     assert set(DEVIATIONS) <= set(VERIFIERS)
     assert set(APPROXIMATE) <= set(VERIFIERS)
+
+
+def test_the_caller_says_where_the_file_is():
+    # no default path: the library must not know the repository's layout
+    assert inspect.signature(load_ifbench).parameters["path"].default is inspect.Parameter.empty
 
 
 def test_shipped_kwargs_have_nones_dropped_and_the_licence_is_beside_it():
@@ -547,7 +552,7 @@ def test_keyword_counts_are_whole_words():
 
 
 def test_whole_number_floats_become_ints():
-    lines = (DATA_DIR / "IFBench_test.jsonl").read_text().splitlines()
+    lines = (DATA_DIR / TEST_FILE).read_text().splitlines()
     raw = [json.loads(line)["kwargs"] for line in lines]
     assert any(isinstance(v, float) for kws in raw for kw in kws for v in kw.values())
     assert all(

@@ -169,7 +169,7 @@ def test_spo_margin_is_the_previous_rounds_implicit_reward_margin():
     pair = rows(1)[0]
     keys = (pair.id, pair.chosen.text), (pair.id, pair.rejected.text)
     # r(y_w) = 0.5 * (-5 - -6) = 0.5 ; r(y_l) = 0.5 * (-7 - -6) = -0.5 ; margin = 1.0
-    current, previous = dict(zip(keys, (-5.0, -7.0))), dict(zip(keys, (-6.0, -6.0)))
+    current, previous = dict(zip(keys, (-5.0, -7.0), strict=True)), dict(zip(keys, (-6.0, -6.0), strict=True))
     assert _previous_margin(pair, current, previous, beta=0.5) == pytest.approx(1.0)
     assert _previous_margin(pair, current, {}, beta=0.5) == 0.0  # round 1 has no previous round
 
@@ -187,3 +187,22 @@ def test_batch_4_equals_batch_1_with_4_accumulation_steps(tiny_model_dir, tmp_pa
         logged.append(steps[0])
     assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], rel=1e-5)
     assert logged[1]["grad_norm"] == pytest.approx(logged[0]["grad_norm"], rel=1e-4)
+
+
+def test_policy_inputs_hash_the_reward_model_for_online_methods_only(tmp_path):
+    from moalign.training import policy_inputs, run_fingerprint
+
+    reward = tmp_path / "reward"
+    reward.mkdir()
+    (reward / "config.json").write_text("{}")
+    (reward / "model.safetensors").write_bytes(b"weights v1")
+    assert policy_inputs(params("amopo"), None)["reward_model"] is None  # nothing to read, nothing to hash
+    online = params("moslim_rloo")
+    first = policy_inputs(online, reward)
+    assert first["reward_model"] and first["reward_code"]
+    before = run_fingerprint(online, rows(), "base", reward)
+    (reward / "model.safetensors").write_bytes(b"weights v2, retrained")
+    assert policy_inputs(online, reward)["reward_model"] != first["reward_model"]
+    assert run_fingerprint(online, rows(), "base", reward) != before  # a new reward model makes a new run
+    with pytest.raises(ValueError, match="models/reward"):
+        policy_inputs(online, tmp_path / "missing")

@@ -115,7 +115,7 @@ def case_params(case: str) -> Params:
     method = SETTINGS[case].get("method", case)
     defaults = ONLINE if METHODS[method].online else OFFLINE
     train = _merge(_merge(defaults, SETTINGS[case]), {"method": method})
-    return Params.model_validate({"dimensions": {"names": DIMS}, "reward": {"classes": dict(zip(DIMS, CLASSES))},
+    return Params.model_validate({"dimensions": {"names": DIMS}, "reward": {"classes": dict(zip(DIMS, CLASSES, strict=True))},
                                   "train": train})
 
 
@@ -232,14 +232,14 @@ def _overfit_offline(config: Params, model_dir: Path, tmp_path: Path) -> None:
         # unpadded forward of the starting model gives
         keys = [reference_key(row.id, prompt, text) for row in rows for prompt in final.prompts(row)
                 for text in (row.chosen.text, row.rejected.text)]
-        assert cache == pytest.approx({key: logp for key, (logp, _) in zip(keys, before)}, abs=1e-3), (
+        assert cache == pytest.approx({key: logp for key, (logp, _) in zip(keys, before, strict=True)}, abs=1e-3), (
             "the reference cache does not hold the starting model's scores under the keys training reads"
         )
 
     def margins(logps: list[tuple[float, int]]) -> list[float]:
         values = []
         for (chosen, n_chosen), (rejected, n_rejected), (ref_chosen, _), (ref_rejected, _) in zip(
-            logps[0::2], logps[1::2], before[0::2], before[1::2]
+            logps[0::2], logps[1::2], before[0::2], before[1::2], strict=True
         ):
             if method.needs_reference:  # the implicit reward: log-ratio to the starting model
                 values.append((chosen - ref_chosen) - (rejected - ref_rejected))
@@ -255,20 +255,20 @@ def _overfit_offline(config: Params, model_dir: Path, tmp_path: Path) -> None:
     end = margins(after)
     assert all(m > 0 for m in end), (
         f"{train.method}: preference accuracy {sum(m > 0 for m in end)}/{len(end)} after training; "
-        f"margins per (pair, prompt) {dict(zip(scored, end))}"
+        f"margins per (pair, prompt) {dict(zip(scored, end, strict=True))}"
     )
     if method.name == "sft":
         nll_before = [-logp / n for logp, n in before[0::2]]
         nll_after = [-logp / n for logp, n in after[0::2]]
-        assert all(a < 0.5 * b for a, b in zip(nll_after, nll_before)), (nll_before, nll_after)
+        assert all(a < 0.5 * b for a, b in zip(nll_after, nll_before, strict=True)), (nll_before, nll_after)
         # token by token, where a misplaced completion mask shows: every chosen token was learnt (the
         # first one too: ~0.15 of its start, ~0.55 when the mask starts a token late), and the prompt's
         # last tokens, the chat template's assistant header, were not (~0.65 of their start, ~0.2
         # when the mask reaches back into the prompt)
-        for (prompt_start, response_start), (prompt_end, response_end) in zip(start_tokens[0::2], end_tokens[0::2]):
-            ratios = [a / b for a, b in zip(response_end, response_start)]
+        for (prompt_start, response_start), (prompt_end, response_end) in zip(start_tokens[0::2], end_tokens[0::2], strict=True):
+            ratios = [a / b for a, b in zip(response_end, response_start, strict=True)]
             assert max(ratios) < 1 / 3, f"chosen tokens' NLL / start: {[round(r, 2) for r in ratios]}"
-            ratios = [a / b for a, b in zip(prompt_end[-3:], prompt_start[-3:])]
+            ratios = [a / b for a, b in zip(prompt_end[-3:], prompt_start[-3:], strict=True)]
             assert min(ratios) > 0.5, f"the prompt's last tokens' NLL / start: {[round(r, 2) for r in ratios]}"
 
 
@@ -298,7 +298,7 @@ class WordReward:
         self.prompts: set[str] = set()
 
     def score(self, completion) -> float:
-        return sum(w * word_share(completion, word) for w, word in zip(self.weights, WORDS))
+        return sum(w * word_share(completion, word) for w, word in zip(self.weights, WORDS, strict=True))
 
     def __call__(self, prompts, completions, **_):
         assert len(prompts) == len(completions)
@@ -399,7 +399,7 @@ def _overfit_online(config: Params, model_dir: Path, reward_dir: Path, tmp_path:
     assert [reward.weights for reward in rewards] == list(phases.values())
     key = REWARD_LOG_KEYS[algorithm_of(train.method, train.online)]
     start, tokenizer = load_model_and_tokenizer(model_dir, "float32")
-    for phase, reward in zip(phases, rewards):
+    for phase, reward in zip(phases, rewards, strict=True):
         # MOSLIM's prompts carry control tags (at least one each), the baselines' none
         targets, _ = control.target_classes(sorted(reward.prompts), DIMS, CLASSES)
         tagged = (targets != UNCONTROLLED).any(dim=1).tolist()

@@ -86,8 +86,8 @@ def test_fresh_clone_reproduces_the_recorded_data_hash(project):
 def test_every_stage_ran_and_wrote_its_outputs(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {
-        "prepare_model", "annotate", "validate", "train_reward", "reference_logps", "train_policy", "evaluate",
-        "report", "register",
+        "prepare_model", "annotate", "validate", "train_reward", "reference_logps", "policy_inputs", "train_policy",
+        "evaluate", "report", "register",
     }
     for path in ("models/base/config.json", "models/reward/reward_heads.json", "models/reward/reward_stats.json",
                  "metrics/reward.json", "models/policy/model.safetensors", "data/validated/quarantine.jsonl",
@@ -153,6 +153,8 @@ def test_registered_version_in_mlflow(project):
     mlflow_run = client.get_run(record["run_id"])
     assert mlflow_run.data.params["train.beta"] == "0.8"
     assert "eval/win_rate_vs_reference/win_rate" in mlflow_run.data.metrics
+    # the answers behind the numbers travel with the run
+    assert {"metrics.json", "validate.json", "responses.jsonl"} <= {a.path for a in client.list_artifacts(record["run_id"])}
     assert client.get_metric_history(record["run_id"], "loss"), "per-step training loss missing"
     # one run holds the training (logged live by train_policy) and the registered model
     assert json.loads((project / "models/policy/mlflow_run.json").read_text())["run_id"] == record["run_id"]
@@ -177,6 +179,15 @@ def test_exp_run_trains_a_baseline_with_param_overrides(project):
     output = run(["dvc", "exp", "run", "-S", "train.method=dpo", "-S", "train.beta=0.3"], project).stdout
     assert "Running stage 'train_policy'" in output
     assert "Running stage 'reference_logps'" not in output
+
+
+def test_retraining_the_reward_model_leaves_an_offline_policy_alone(project):
+    """train_policy depends on the reward model through policy_inputs, which hashes it for the
+    online methods only: a new reward model does not retrain AMoPO."""
+    output = run(["dvc", "exp", "run", "-S", "reward.learning_rate=0.0002"], project).stdout
+    assert "Running stage 'train_reward'" in output and "Running stage 'policy_inputs'" in output
+    assert "Running stage 'train_policy'" not in output
+    assert json.loads((project / "data/policy_inputs.json").read_text())["reward_model"] is None
 
 
 def test_exp_run_on_a_local_file_with_an_llm_judge(project):

@@ -212,7 +212,7 @@ def test_resume_continues_from_the_newest_checkpoint(tiny_model_dir, tmp_path):
     policy, tokenizer = tiny(tiny_model_dir)
     straight = train_ppo(policy, tokenizer, PROMPTS, short_is_good, longer, tmp_path / "straight")
     assert len(straight) == len(resumed)
-    for a, b in zip(straight, resumed):
+    for a, b in zip(straight, resumed, strict=True):
         assert a == pytest.approx(b)
 
     # another setting: the old checkpoints are not this run's, so it starts afresh

@@ -13,18 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import mlflow  # noqa: E402
-import mlflow.tracking._model_registry.utils as _registry_utils  # noqa: E402
-import mlflow.tracking._tracking_service.utils as _tracking_utils  # noqa: E402
-import mlflow.tracking.fluent as _fluent  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from moalign import registry  # noqa: E402
+from moalign import registry, tracking  # noqa: E402
 from moalign.registry import (  # noqa: E402
     dvc_lock_hash,
     dvc_tracked_hash,
-    flatten_params,
     git_commit,
-    is_secret_key,
     log_and_register,
 )
 
@@ -32,21 +27,8 @@ DATA_MD5 = "7681d8eb7f57ac072b1ae5ffd7f6858a.dir"
 
 
 # --------------------------------------------------------------------------------------------------
-# fixtures
+# fixtures (isolated_mlflow lives in conftest.py)
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def isolated_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """tmp_path as cwd; MLflow's global URIs/experiment (and the env vars they set) restored after."""
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
-    for var in names:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(_tracking_utils, "_tracking_uri", None)
-    monkeypatch.setattr(_registry_utils, "_registry_uri", None)
-    monkeypatch.setattr(_fluent, "_active_experiment_id", None)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -101,64 +83,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# pure helpers
+# lineage
 # --------------------------------------------------------------------------------------------------
-
-
-def test_flatten_params_dotted_keys_and_strings() -> None:
-    nested = {
-        "seed": 0,
-        "train": {"beta": 0.8, "lora": {"r": 16, "target_modules": ["q_proj", "v_proj"]}},
-        "model": {"path": None},
-        "empty": {},
-    }
-    assert flatten_params(nested) == {
-        "seed": "0",
-        "train.beta": "0.8",
-        "train.lora.r": "16",
-        "train.lora.target_modules": "['q_proj', 'v_proj']",
-        "model.path": "None",
-    }
-    assert flatten_params({"beta": 1}, prefix="train") == {"train.beta": "1"}
-    assert nested["train"]["lora"]["r"] == 16  # pure: input untouched
-
-
-@pytest.mark.parametrize(
-    "key",
-    [
-        "hf_token",
-        "HF_TOKEN",
-        "api_key",
-        "OPENAI_API_KEY",
-        "judge.apiKey",
-        "db.password",
-        "client_secret",
-        "auth.tokens.hub",
-        "credentials.path",
-        "tokenizer_secret",
-        "hub.read_token",
-        "judge.service_tokens",
-    ],
-)
-def test_secret_keys_detected(key: str) -> None:
-    assert is_secret_key(key)
-
-
-@pytest.mark.parametrize(
-    "key",
-    [
-        "train.beta",
-        "annotate.max_new_tokens",
-        "validate.max_tokens",
-        "evaluate.max_new_tokens",
-        "judge.max_reply_tokens",
-        "judge.max_total_tokens",
-        "model.tokenizer_path",
-        "evaluate.benchmark_max_new_tokens",
-    ],
-)
-def test_token_counts_are_not_secrets(key: str) -> None:
-    assert not is_secret_key(key)
 
 
 def test_git_commit_inside_and_outside_a_repo(
@@ -206,20 +132,8 @@ def test_dvc_lock_hash(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# MLflow
+# logging and registering a model
 # --------------------------------------------------------------------------------------------------
-
-
-def test_configure_resolves_relative_sqlite_and_local_artifacts(isolated_mlflow: Path) -> None:
-    experiment_id = registry.configure("sqlite:///mlflow.db", "moalign-test")
-    expected = f"sqlite:///{(isolated_mlflow / 'mlflow.db').resolve().as_posix()}"
-    assert mlflow.get_tracking_uri() == expected
-    assert mlflow.get_registry_uri() == expected
-    assert (isolated_mlflow / "mlflow.db").is_file()
-    experiment = MlflowClient().get_experiment(experiment_id)
-    assert experiment.name == "moalign-test"
-    assert experiment.artifact_location.startswith((isolated_mlflow / "mlartifacts").resolve().as_uri())
-    assert registry.configure("sqlite:///mlflow.db", "moalign-test") == experiment_id  # idempotent
 
 
 def _step_history() -> list[dict]:
@@ -236,7 +150,7 @@ def test_log_and_register_two_versions(
     isolated_mlflow: Path, tiny_model_dir: Path, git_repo: tuple[Path, str]
 ) -> None:
     repo, sha = git_repo
-    registry.configure("sqlite:///mlflow.db", "moalign-test")
+    tracking.configure("sqlite:///mlflow.db", "moalign-test")
     report = isolated_mlflow / "report.json"
     report.write_text('{"win_rate": 0.6}')
     curves = isolated_mlflow / "plots"
@@ -293,7 +207,7 @@ def test_log_and_register_two_versions(
     assert run.data.metrics["per_dimension/correctness"] == pytest.approx(1.0)
     assert "judge" not in run.data.metrics and "broken" not in run.data.metrics
     # nan loss + inf grad_norm at step 3, inf final metric
-    assert run.data.tags[registry.NONFINITE_TAG] == "3"
+    assert run.data.tags[tracking.NONFINITE_TAG] == "3"
     assert run.data.tags["git_commit"] == sha
 
     artifact_paths = {item.path for item in client.list_artifacts(first.run_id)}
@@ -340,7 +254,7 @@ def test_lineage_unknown_outside_git(
     isolated_mlflow: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(isolated_mlflow.parent))
-    registry.configure("sqlite:///mlflow.db", "moalign-test")
+    tracking.configure("sqlite:///mlflow.db", "moalign-test")
     result = log_and_register(
         run_name="no-lineage",
         params={},
@@ -358,7 +272,7 @@ def test_lineage_unknown_outside_git(
 
 
 def test_rejects_missing_inputs_before_logging(isolated_mlflow: Path, tiny_model_dir: Path) -> None:
-    registry.configure("sqlite:///mlflow.db", "moalign-test")
+    tracking.configure("sqlite:///mlflow.db", "moalign-test")
     adapter = isolated_mlflow / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -372,45 +286,14 @@ def test_rejects_missing_inputs_before_logging(isolated_mlflow: Path, tiny_model
     assert MlflowClient().search_runs([mlflow.get_experiment_by_name("moalign-test").experiment_id]) == []
 
 
-# --------------------------------------------------------------------------------------------------
-# live training runs
-# --------------------------------------------------------------------------------------------------
-
-
-def test_training_run_logs_live_and_a_resumed_training_continues_its_run(isolated_mlflow: Path) -> None:
-    experiment_id = registry.configure("sqlite:///mlflow.db", "moalign-test")
-    client = MlflowClient()
-    params = {"train": {"beta": 0.8}, "judge": {"api_key": "sk-SUPERSECRET"}}
-    run_id = registry.start_training_run(experiment_id, "amopo-tiny", params, fingerprint="fp1")
-    log = registry.StepMetricLogger(run_id)
-    log({"loss": 1.0, "correctness/weight": 0.6, "step": 1, "phase": "amopo", "epoch": 0.5})
-    assert [m.value for m in client.get_metric_history(run_id, "correctness/weight")] == [0.6]
-    # killed here; the rerun has the same fingerprint, so it continues the same run
-    registry.finish_training_run(run_id, [], status="FAILED")
-    assert registry.start_training_run(experiment_id, "amopo-tiny", params, fingerprint="fp1") == run_id
-    assert client.get_run(run_id).info.status == "RUNNING"
-    # its history holds step 1 (restored from the checkpoint) and step 2 (trained after the resume)
-    history = [{"loss": 1.0, "correctness/weight": 0.6, "step": 1}, {"loss": 0.5, "correctness/weight": 0.4, "step": 2}]
-    registry.finish_training_run(run_id, history)
-    registry.finish_training_run(run_id, history)  # idempotent: nothing logged twice
-    loss = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
-    assert loss == [(1, 1.0), (2, 0.5)]
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.params["train.beta"] == "0.8"
-    assert "SUPERSECRET" not in repr(run.data.params)
-    # a finished run is never continued: the same fingerprint trained again is a new run
-    assert registry.start_training_run(experiment_id, "amopo-tiny", params, fingerprint="fp1") != run_id
-    assert registry.start_training_run(experiment_id, "amopo-tiny", params, fingerprint="fp2") != run_id
-
-
 def test_register_continues_the_training_run(isolated_mlflow: Path, tiny_model_dir: Path) -> None:
-    experiment_id = registry.configure("sqlite:///mlflow.db", "moalign-test")
+    experiment_id = tracking.configure("sqlite:///mlflow.db", "moalign-test")
     client = MlflowClient()
     history = [{"loss": 1.0, "step": 1}, {"loss": 0.5, "step": 2}]
-    trained = registry.start_training_run(
+    trained = tracking.start_training_run(
         experiment_id, "dpo-tiny", {"train": {"beta": 0.8}, "register": {"model_name": "a"}}, fingerprint="fp"
     )
-    registry.finish_training_run(trained, history)
+    tracking.finish_training_run(trained, history)
     common = dict(final_metrics={"win_rate": 0.7}, artifacts=[], model_dir=tiny_model_dir, model_name="moalign-policy",
                   tags={}, data_hash="h", step_metrics=history)
     version = log_and_register(

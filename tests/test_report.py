@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from moalign.evaluation.report import (
     FIGURE_FILES,
     OPTIONAL_FIGURE_FILES,
-    _benchmark_win_rows,
     build_report,
     experiments_from_mlflow,
     pareto_front,
@@ -27,6 +26,7 @@ from moalign.evaluation.report import (
     weight_trajectories,
     win_rate_bars,
 )
+from moalign.evaluation.report.data import benchmark_win_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = ["correctness", "instruction_following", "verbosity", "harmlessness"]
@@ -450,7 +450,7 @@ def test_build_report_shows_every_benchmark_and_the_controllability_check(tmp_pa
     assert rows["length-controlled win rate"][0] == ["52.0%", "32.0%", "+20.0 pp"]
     assert rows["wins / ties / losses"][0] == ["12 / 3 / 5", "12 / 3 / 5", ""]
     assert rows["average words"][0] == ["120.5", "120.5", "+0.0"]
-    assert rows["baseline's average words"][0] == ["310.2", "310.2", ""]
+    assert rows["baseline&#39;s average words"][0] == ["310.2", "310.2", ""]  # autoescaped apostrophe
     assert rows["judge failures"] == [["4 of 160", "0 of 160", ""], ["1 of 20", "1 of 20", ""],
                                       ["1 of 20", "1 of 20", ""]]
     assert "vs gpt-4-0314.jsonl" in page and "vs gpt4_turbo.json" in page
@@ -495,7 +495,7 @@ def test_build_report_with_only_some_benchmarks(tmp_path):
     assert rows["score (weighted battles)"] == [["—", "baseline", "—"]]
     assert rows["win rate [95% CI]"] == [["55.0% [45.0, 65.0]", "baseline", "—"]]
     assert rows["average words"] == [["120.5", "36.8", "+83.8"]]  # the reference's words
-    assert "baseline's average words" not in rows
+    assert not [metric for metric in rows if "baseline" in metric and "average words" in metric]
     assert "vs the reference model" in page
     assert "MT-bench" not in page and "AlpacaEval:" not in page and "Spearman" not in page
     assert "<b>AlpacaEval</b>" not in page
@@ -524,7 +524,7 @@ def test_build_report_draws_the_controllability_summary_it_is_given(tmp_path, mo
 def test_benchmark_win_rate_figure_has_one_bar_per_benchmark_and_model():
     metrics = _full_metrics()
     metrics["alpaca_eval"]["reference"]["win_rate"] = None  # no bar for it
-    rows = _benchmark_win_rows(metrics)
+    rows = benchmark_win_rows(metrics)
     assert [r["name"] for r in rows] == ["Arena-Hard: policy", "Arena-Hard: reference",
                                          "AlpacaEval: policy"]
     fig = win_rate_bars(rows)
@@ -534,3 +534,14 @@ def test_benchmark_win_rate_figure_has_one_bar_per_benchmark_and_model():
     bars = next(c for c in ax.containers if isinstance(c, BarContainer))
     colors = {tuple(round(v, 3) for v in p.get_facecolor()[:3]) for p in bars.patches}
     assert len(colors) == 2  # the policy's bars and the reference's differ
+
+
+def test_build_report_escapes_names_from_mlflow_the_log_and_the_benchmarks(tmp_path):
+    hostile = "<img src=x onerror=alert(1)>"
+    metrics = {**_metrics(), "arena_hard": {"baseline": hostile, "policy": _pairwise(0.5)}}
+    experiments = [{"name": hostile, "scores": {"correctness": 3.0, "instruction_following": 2.0}}]
+    history = [{"step": 1, "phase": hostile, "loss": 1.0}]
+    page = build_report(tmp_path, metrics=metrics, history=history, dimensions=DIMS,
+                        experiments=experiments).read_text()
+    assert hostile not in page
+    assert page.count("&lt;img src=x onerror=alert(1)&gt;") == 3  # the experiments table, the meta line, the baseline

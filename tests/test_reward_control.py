@@ -26,7 +26,7 @@ def test_control_prompts_are_seeded_and_parse_back() -> None:
     assert first != control_prompts(prompts, DIMS, CLASSES, seed=4)
     targets, stripped = target_classes([r["prompt"] for r in first], DIMS, CLASSES)
     assert stripped == [text for _, text in prompts]
-    for row, entry in zip(targets.tolist(), first):
+    for row, entry in zip(targets.tolist(), first, strict=True):
         assert entry["targets"]  # never an uncontrolled prompt
         for head, d in enumerate(DIMS):
             expected = entry["targets"].get(d)

@@ -167,7 +167,7 @@ def test_save_load_round_trip_and_mismatch_errors(tiny_model_dir, tokenizer, tmp
 
     loaded = MultiHeadRewardModel.load(directory, ["correctness", "verbosity"], [5, 2])
     after = score_texts(loaded, tokenizer, prompts, responses)
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert torch.equal(a, b)
     assert sum(float(p.sum()) for p in after) == pytest.approx(2 * len(prompts))
 
@@ -276,8 +276,9 @@ def test_majority_baseline_is_the_share_of_the_train_majority_class():
     from moalign.rewards.training import majority_classes
 
     train_labels = torch.tensor([[2, 0], [2, 1], [1, 1], [-100, 1]])
-    assert majority_classes(train_labels) == [2, 1]
-    assert majority_classes(torch.tensor([[-100]])) == [None]
+    assert majority_classes(train_labels, [3, 2]) == [2, 1]
+    assert majority_classes(torch.tensor([[-100]]), [2]) == [None]
+    assert majority_classes(torch.tensor([[1], [0]]), [2]) == [0]  # a tie: the smaller class
     eval_labels = torch.tensor([[2, 0], [0, 0], [2, 1], [-100, 0]])
     probs = [torch.tensor([[0.0, 0.0, 1.0]] * 4), torch.tensor([[1.0, 0.0]] * 4)]
     metrics = head_metrics(probs, eval_labels, ["a", "b"], majority=[2, 1])
@@ -406,7 +407,7 @@ def test_fresh_heads_depend_on_the_seed_alone(tiny_model_dir):
     torch.rand(5)  # the global generator's state must not matter
     again = MultiHeadRewardModel.from_backbone(tiny_model_dir, ["a", "b"], [3, 2], seed=1)
     other = MultiHeadRewardModel.from_backbone(tiny_model_dir, ["a", "b"], [3, 2], seed=2)
-    for mine, same, different in zip(first.heads, again.heads, other.heads):
+    for mine, same, different in zip(first.heads, again.heads, other.heads, strict=True):
         assert torch.equal(mine.weight, same.weight)
         assert not torch.equal(mine.weight, different.weight)
 

@@ -88,7 +88,7 @@ def test_a_kept_phase_is_reloaded_instead_of_trained_again(tiny_model_dir, tmp_p
                          dtype=torch.float32)
     assert calls == [None], "the finished phase must not be trained again (and nothing listens)"
     assert again == first
-    for (name, trained), loaded in zip(model.state_dict().items(), reloaded.state_dict().values()):
+    for (name, trained), loaded in zip(model.state_dict().items(), reloaded.state_dict().values(), strict=True):
         torch.testing.assert_close(loaded, trained, msg=name)
 
 

@@ -93,6 +93,19 @@ class ScoredCandidate(BaseModel):
     truncated: bool = Field(False, description="Cut off by the generation length limit (see ScoredResponse).")
 
 
+def distinct_responses(candidates: Iterable[ScoredCandidate]) -> list[ScoredCandidate]:
+    """Each (split, prompt, response) once, the first seen: a response sampled twice, or in two
+    pairs, would otherwise weigh twice in the reward model, which reads nothing else of a candidate."""
+    seen: set[tuple[str, str, str]] = set()
+    distinct = []
+    for candidate in candidates:
+        key = (candidate.split, candidate.prompt, candidate.text)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(candidate)
+    return distinct
+
+
 def preference_row_json_schema() -> dict[str, Any]:
     """The JSON Schema of a preference row; ``docs/preference_row.schema.json`` holds a copy (a test keeps it current)."""
     return PreferenceRow.model_json_schema()

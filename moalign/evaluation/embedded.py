@@ -90,9 +90,9 @@ def evaluate_against_reference(
         raise ValueError(f"{len(tasks)} prompts but {len(policy)} policy and {len(reference)} reference responses")
     rows, outcomes, policy_scores, reference_scores = [], [], [], []
     # one batch for every response: an LLM judge then runs its calls concurrently
-    scored = score_many(judge, [(task, text) for task, ours, theirs in zip(tasks, policy, reference) for text in (ours, theirs)])
-    verdicts = pairwise(list(zip(tasks, policy, reference))) if pairwise is not None else None
-    for index, (task, ours, theirs) in enumerate(zip(tasks, policy, reference)):
+    scored = score_many(judge, [(task, text) for task, ours, theirs in zip(tasks, policy, reference, strict=True) for text in (ours, theirs)])
+    verdicts = pairwise(list(zip(tasks, policy, reference, strict=True))) if pairwise is not None else None
+    for index, (task, ours, theirs) in enumerate(zip(tasks, policy, reference, strict=True)):
         cache = {ours: scored[2 * index], theirs: scored[2 * index + 1]}
         if verdicts is not None:
             outcome = verdicts[index]
@@ -137,7 +137,7 @@ def score_changes(policy: Sequence[dict[str, int]], reference: Sequence[dict[str
         dims = dimensions if name == "mean_score" else (name,)
         deltas = [
             mean(ours[d] for d in dims) - mean(theirs[d] for d in dims)
-            for ours, theirs in zip(policy, reference)
+            for ours, theirs in zip(policy, reference, strict=True)
             if all(d in ours and d in theirs for d in dims)
         ]
         if not deltas:

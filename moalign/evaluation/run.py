@@ -16,7 +16,7 @@ Suites, each optional but the first (``evaluate.benchmarks`` and ``evaluate.cont
 Generation comes first for both models (one model in memory at a time), journaled per batch in
 ``cache/generations`` so a killed run resumes; judging afterwards reads the judge's SQLite cache, so
 a rerun after a crash pays only for the calls it had not made. Writes the per-prompt JSONL files
-and returns the metrics dict; the component writes ``metrics.json``.
+and returns the metrics dict; :func:`evaluate_stage` writes ``metrics.json``, headline first.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def plan_evaluation(config, held_out: Sequence[TaskPrompt], benchmarks_dir: Path
     """Load every benchmark file ``config.evaluate`` asks for, before any model is loaded: a missing
     file or a bad row fails in a second, not after an hour of generation."""
     from moalign.evaluation import alpacaeval, arenahard, mtbench
-    from moalign.evaluation.ifbench import load_ifbench
+    from moalign.evaluation.ifbench import TEST_FILE as IFBENCH_FILE, load_ifbench
 
     section = config.evaluate
     first = section.benchmark_prompts
@@ -75,7 +75,7 @@ def plan_evaluation(config, held_out: Sequence[TaskPrompt], benchmarks_dir: Path
     plan.suites["heldout"] = Suite({t.id: t.prompt for t in held_out}, section.max_new_tokens)
     long_answers = section.benchmark_max_new_tokens
     if "ifbench" in section.benchmarks:
-        plan.ifbench = load_ifbench(benchmarks_dir / "ifbench" / "IFBench_test.jsonl")[:first]
+        plan.ifbench = load_ifbench(benchmarks_dir / "ifbench" / IFBENCH_FILE)[:first]
         plan.suites["ifbench"] = Suite({item.key: item.prompt for item in plan.ifbench}, long_answers)
     if "mt_bench" in section.benchmarks:
         folder = benchmarks_dir / "mt_bench"
@@ -104,7 +104,7 @@ def plan_evaluation(config, held_out: Sequence[TaskPrompt], benchmarks_dir: Path
         )
         if style == "moslim":
             # a MOSLIM policy was trained on intensities 1..classes of each reward head
-            classes = dict(zip(config.dimensions.names, config.reward_classes))
+            classes = dict(zip(config.dimensions.names, config.reward_classes, strict=True))
             plan.control = [r for r in plan.control if r.level <= classes[r.dimension]]
         plan.suites["controllability"] = Suite(
             {r.key: r.prompt for r in plan.control}, section.max_new_tokens, models=("policy",)
@@ -242,6 +242,9 @@ def judge_answers(config, plan: Plan, answers, judges, out_dir: Path) -> tuple[l
         per_prompt, metrics["controllability"] = score_controllability(plan, answers, judges.scorer)
         write_jsonl(out_dir / "controllability.jsonl", per_prompt)
         write_controllability_curve(out_dir / "controllability.csv", metrics["controllability"])
+    else:
+        # header only: dvc.yaml's controllability plot then draws nothing rather than failing on a missing file
+        atomic_write_text(out_dir / "controllability.csv", ",".join(["requested", *config.dimensions.names]) + "\n")
     return rows, metrics
 
 
@@ -300,7 +303,7 @@ def score_arena_hard(plan: Plan, answers, judges) -> tuple[list[dict], dict]:
     for name in candidates:
         ours = [answers[name]["arena_hard"][q.uid] for q in questions]
         theirs = [baseline[q.uid] for q in questions]
-        games = judge.swap_labels_many(list(zip(questions, ours, theirs)))
+        games = judge.swap_labels_many(list(zip(questions, ours, theirs, strict=True)))
         outcomes = [label_outcome(*game) for game in games]
         report = win_rate_report(outcomes, ours, theirs)
         try:
@@ -327,7 +330,7 @@ def score_alpaca_eval(plan: Plan, answers, judges, path) -> tuple[list[dict], di
     theirs = [record.output for record in records]
     for name in MODELS:
         ours = [answers[name]["alpaca_eval"][str(i)] for i in range(len(records))]
-        outcomes = judge.compare_with_swap_many(list(zip(records, ours, theirs)))
+        outcomes = judge.compare_with_swap_many(list(zip(records, ours, theirs, strict=True)))
         summary[name] = win_rate_report(outcomes, ours, theirs)
         rows.extend(
             {"model": name, "index": i, "instruction": r.instruction, "answer": a, "baseline": r.output,
@@ -378,7 +381,7 @@ def evaluate_stage(config, tasks, eval_pairs, policy, reference, out, metrics, b
     ``evaluate.benchmarks``, judged; held-out preference diagnostics on ``eval_pairs``; the policy's
     training budget and reward trend. Writes the per-prompt rows to ``out`` (benchmarks beside it)
     and the results to ``metrics``; returns them."""
-    from moalign.data.schema import PreferenceRow, read_jsonl, write_json, write_jsonl
+    from moalign.data.schema import PreferenceRow, read_jsonl, write_jsonl
     from moalign.judges import open_judges
 
     held_out = held_out_prompts(config, Path(tasks), eval_pairs)[: config.evaluate.n_prompts]
@@ -394,8 +397,19 @@ def evaluate_stage(config, tasks, eval_pairs, policy, reference, out, metrics, b
     results["training_budget"] = training_budget_of(policy)
     results["training_reward"] = training_reward_of(policy, config.train)
     write_jsonl(out, rows)
-    write_json(metrics, results)
+    write_metrics(metrics, results)
     return results
+
+
+#: metrics.json's first keys, so that `dvc exp show` and `dvc metrics show` lead with them
+HEADLINE_METRICS = ("win_rate_vs_reference", "score_changes", "policy", "reference", "training_reward")
+
+
+def write_metrics(path, results: Mapping[str, Any]) -> None:
+    """``results`` as JSON, every level sorted by key except the first, which leads with the headline."""
+    nested = json.loads(json.dumps(results, sort_keys=True))
+    ordered = {key: nested.pop(key) for key in HEADLINE_METRICS if key in nested} | nested
+    atomic_write_text(path, json.dumps(ordered, indent=2, ensure_ascii=False) + "\n")
 
 
 def held_out_prompts(config, tasks: Path, eval_pairs: Path | None) -> list:

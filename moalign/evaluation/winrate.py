@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+from scipy import optimize, special, stats
 
 Verdict = Literal["A", "B", "tie"]
 Outcome = Literal["win", "loss", "tie"]
@@ -116,12 +117,9 @@ def bootstrap_mean_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the mean of per-prompt ``values``.
+    """Seeded percentile-bootstrap confidence interval of the mean of per-prompt ``values``.
 
-    The prompts are the resampled unit: each of ``n_resamples`` replicates draws ``len(values)``
-    values with replacement and takes their mean; the interval is the ``(1 - confidence) / 2`` and
-    ``(1 + confidence) / 2`` quantiles (numpy's default linear interpolation) of the replicates.
-    Seeded (``numpy.random.default_rng(seed)``): the same input gives the same interval.
+    The prompts are the resampled unit (:func:`scipy.stats.bootstrap`, ``method="percentile"``).
     """
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
@@ -130,60 +128,87 @@ def bootstrap_mean_ci(
     scores = np.asarray(values, dtype=float)
     if scores.size == 0:
         raise ValueError("no values to compute an interval from")
-    n = scores.size
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    # blocks of at most ~4M indices (32 MiB), so a large evaluation set stays cheap
-    block = max(1, (1 << 22) // n)
-    for start in range(0, n_resamples, block):
-        stop = min(n_resamples, start + block)
-        draws = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = scores[draws].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
+    if scores.size == 1:  # scipy refuses one observation; every resample of it is that value
+        return float(scores[0]), float(scores[0])
+    result = stats.bootstrap(
+        (scores,),
+        np.mean,
+        n_resamples=n_resamples,
+        # blocks of at most ~4M indices (32 MiB), so a large evaluation set stays cheap
+        batch=max(1, (1 << 22) // scores.size),
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def _fit_logistic(
-    features: np.ndarray, targets: np.ndarray, l2: float, max_iter: int = 100
-) -> np.ndarray:
-    """Ridge-penalised logistic regression with soft targets in [0, 1], by Newton.
+# far tighter than scipy's defaults (which stop the coefficients around 1e-5), so the fit is settled
+_LBFGS_OPTIONS = {"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12}
 
-    Minimises ``mean(log(1 + exp(x.b)) - y * x.b) + l2 / 2 * |b|^2``, no intercept (the
-    caller puts a column of ones in ``features``). A soft target y equals AlpacaEval's
-    trick of a row labelled 1 weighted y plus a row labelled 0 weighted 1 - y. The
-    objective is strictly convex for ``l2 > 0``; step halving keeps each step a descent.
 
-    A few lines of numpy rather than scikit-learn: scikit-learn is in the environment
-    only as a transitive dependency of mlflow, not a declared dependency of moalign.
+def _fit_logistic(features: np.ndarray, targets: np.ndarray, l2: float) -> np.ndarray:
+    """Ridge-penalised logistic regression with soft targets in [0, 1], no intercept.
+
+    Minimises ``mean(log(1 + exp(x.b)) - y * x.b) + l2 / 2 * |b|^2`` (strictly convex for l2 > 0).
+    A soft target y equals AlpacaEval's row labelled 1 weighted y plus a row labelled 0 weighted
+    1 - y. scipy, not scikit-learn: the latter is only a transitive dependency (of mlflow).
     """
     n, k = features.shape
 
-    def objective(beta: np.ndarray) -> float:
+    def loss_and_gradient(beta: np.ndarray) -> tuple[float, np.ndarray]:
         margin = features @ beta
-        loss = np.mean(np.logaddexp(0.0, margin) - targets * margin)
-        return float(loss + 0.5 * l2 * beta @ beta)
+        loss = np.mean(np.logaddexp(0.0, margin) - targets * margin) + 0.5 * l2 * beta @ beta
+        gradient = features.T @ (special.expit(margin) - targets) / n + l2 * beta
+        return float(loss), gradient
 
-    beta = np.zeros(k)
-    current = objective(beta)
-    for _ in range(max_iter):
-        p = 1.0 / (1.0 + np.exp(-(features @ beta)))
-        gradient = features.T @ (p - targets) / n + l2 * beta
-        curvature = (features * (p * (1.0 - p))[:, None]).T @ features / n
-        step = np.linalg.solve(curvature + l2 * np.eye(k), gradient)
-        scale = 1.0
-        while True:
-            candidate = beta - scale * step
-            value = objective(candidate)
-            if value <= current or scale < 1e-10:
-                break
-            scale /= 2.0
-        if value > current:
-            break
-        beta, current = candidate, value
-        if np.max(np.abs(scale * step)) < 1e-10:
-            break
-    return beta
+    fit = optimize.minimize(
+        loss_and_gradient, np.zeros(k), jac=True, method="L-BFGS-B", options=_LBFGS_OPTIONS
+    )
+    return fit.x
+
+
+def _length_controlled_features(
+    policy_lengths: Sequence[float],
+    baseline_lengths: Sequence[float],
+    instruction_difficulty: Sequence[float] | None,
+    n: int,
+) -> tuple[np.ndarray, list[str], float | None]:
+    """The GLM's columns (model identity, tanh of the standardised length gap, difficulty if given),
+    their names, and the length gap's standard deviation (None when 0 or undefined)."""
+    policy = np.asarray(policy_lengths, dtype=float)
+    baseline = np.asarray(baseline_lengths, dtype=float)
+    if policy.shape != (n,) or baseline.shape != (n,):
+        raise ValueError(f"{n} outcomes but {policy.size} policy and {baseline.size} baseline lengths")
+    if not (np.all(np.isfinite(policy)) and np.all(np.isfinite(baseline))):
+        raise ValueError("lengths must be finite numbers")
+    delta = policy - baseline
+    std = float(np.std(delta, ddof=1)) if n > 1 else 0.0
+    identifiable = np.isfinite(std) and std > 0
+    columns = [np.ones(n), np.tanh(delta / std) if identifiable else np.zeros(n)]
+    names = ["model", "length"]
+    if instruction_difficulty is not None:
+        difficulty = np.asarray(instruction_difficulty, dtype=float)
+        if difficulty.shape != (n,) or not np.all(np.isfinite(difficulty)):
+            raise ValueError(f"instruction_difficulty must be {n} finite numbers, got shape {difficulty.shape}")
+        columns.append(difficulty)
+        names.append("instruction_difficulty")
+    return np.column_stack(columns), names, std if identifiable else None
+
+
+# Length control as AlpacaEval 2 (Dubois et al. 2024, "Length-Controlled AlpacaEval"; read in
+# tatsu-lab/alpaca_eval src/alpaca_eval/metrics/glm_winrate.py, GLM_INFO["length_controlled_v1"]).
+# AlpacaEval fits, without intercept, P(model preferred on i) = sigmoid(theta + phi * tanh(delta_i /
+# std(delta)) + psi * difficulty_i) on soft targets, and reports LC = mean_i sigmoid(theta + psi *
+# difficulty_i). Its delta is baseline minus model (only the sign of phi differs from ours). Kept
+# here: the features, pandas' ddof=1 std, soft targets (AlpacaEval's duplicated weighted rows).
+# Left out: the instruction difficulty by default (AlpacaEval precomputed it from many models'
+# annotations of its own 805 instructions; one policy against one baseline cannot estimate it), the
+# rows of two "gamed" verbose/concise baselines (total weight 0.2; we have no such annotations),
+# and LogisticRegressionCV's L1 penalty with C chosen by 5-fold GroupKFold (unstable on a few
+# hundred prompts): a small ridge on the mean log-loss instead keeps the fit finite under
+# separation (every comparison won). Lengths are in the caller's unit; AlpacaEval uses characters.
 
 
 def length_controlled_win_rate(
@@ -196,101 +221,26 @@ def length_controlled_win_rate(
 ) -> dict[str, Any]:
     """AlpacaEval 2's length-controlled (LC) win rate of a policy against one baseline.
 
-    Dubois et al. 2024, "Length-Controlled AlpacaEval: A Simple Way to Debias
-    Automatic Evaluators". Implementation read: ``tatsu-lab/alpaca_eval``,
-    ``src/alpaca_eval/metrics/glm_winrate.py`` (``GLM_INFO["length_controlled_v1"]``,
-    ``_get_featurized_data``, ``fit_LogisticRegressionCV``,
-    ``get_length_controlled_winrate``).
-
-    **What AlpacaEval does.** The judge's preference for the model over the baseline
-    on instruction i, ``y_i`` (1 model, 0 baseline, 0.5 draw), is the soft target of a
-    logistic regression without intercept on the formula ``np.tanh(std_delta_len) +
-    instruction_difficulty + not_gamed_baseline - 1``:
-
-    * ``std_delta_len``: the two outputs' length difference in characters divided by
-      its standard deviation over the instructions (pandas ``std``, ddof=1);
-    * ``instruction_difficulty``: a per-instruction value AlpacaEval precomputed from
-      many models' annotations (downloaded from the Hugging Face hub);
-    * ``not_gamed_baseline``: 1 on the model's rows, the model-identity term.
-
-    The fit (scikit-learn ``LogisticRegressionCV``: L1 penalty, liblinear, C chosen by
-    5-fold GroupKFold) also takes annotations of two "gamed" (verbose and concise)
-    versions of the baseline, identity term 0, with total weight 0.2; they anchor the
-    length and difficulty coefficients. LC is the mean over the instructions of the
-    fitted probability with the length term set to 0::
-
-        fit   P(model preferred on i) = sigmoid(theta + phi * tanh(delta_i / std(delta))
-                                                + psi * difficulty_i)
-        LC  = mean_i sigmoid(theta + psi * difficulty_i)
-
-    **What is implemented here**, for one policy against one baseline on our prompts:
-
-    * the same features: the identity term (a column of ones),
-      ``tanh(delta / std(delta))`` with ``delta = policy_length - baseline_length`` and
-      ``std`` with ddof=1 (AlpacaEval's code takes baseline minus model, which only
-      flips the sign of the fitted length coefficient), and the instruction-difficulty
-      term **only when** ``instruction_difficulty`` is given. AlpacaEval's values exist
-      only for its own 805 instructions and come from many models' annotations; one
-      policy against one baseline gives one comparison per prompt and cannot estimate
-      them, so by default the term is left out and LC is ``sigmoid(theta)``;
-    * soft targets (tie = 0.5), as AlpacaEval's duplicated-row weighting;
-    * **no gamed-baseline rows and no cross-validated L1 penalty**: we have no
-      verbose/concise baseline annotations, and cross-validating C on a few hundred
-      prompts is unstable. A small ridge penalty instead (``l2`` on the mean log-loss,
-      1e-4 by default) keeps the Newton fit finite when the outcomes separate (every
-      comparison won, say);
-    * when ``std(delta)`` is 0 or undefined (fewer than two prompts, or every length
-      difference equal) length cannot be told apart from the identity term: the length
-      feature is then 0, ``length_term_identifiable`` is False, and LC is the
-      model-only fit (about the raw win rate).
-
-    Lengths are in whatever unit the caller passes; AlpacaEval uses characters
-    (``len(text)``). Returns the LC and raw win rates, the fitted coefficients
-    (``model``, ``length``, and ``instruction_difficulty`` when given),
-    ``std_delta_len``, ``length_term_identifiable`` and ``n``.
+    Soft targets (tie 0.5) fitted on the model term, ``tanh(delta / std(delta, ddof=1))`` with
+    ``delta = policy - baseline`` length, and the difficulty when given; ridge ``l2``. LC is the
+    mean fitted probability with the length term at 0. With ``std(delta)`` 0 or undefined the
+    length term is 0 and ``length_term_identifiable`` False (LC is then about the raw win rate).
     """
     targets = outcome_scores(outcomes)
     n = targets.size
-    policy = np.asarray(policy_lengths, dtype=float)
-    baseline = np.asarray(baseline_lengths, dtype=float)
-    if policy.shape != (n,) or baseline.shape != (n,):
-        raise ValueError(
-            f"{n} outcomes but {policy.size} policy and "
-            f"{baseline.size} baseline lengths"
-        )
-    if not (np.all(np.isfinite(policy)) and np.all(np.isfinite(baseline))):
-        raise ValueError("lengths must be finite numbers")
+    features, names, std = _length_controlled_features(policy_lengths, baseline_lengths, instruction_difficulty, n)
     if l2 <= 0:
         raise ValueError(f"l2 must be positive (it keeps the fit finite), got {l2}")
-    delta = policy - baseline
-    std = float(np.std(delta, ddof=1)) if n > 1 else float("nan")
-    identifiable = bool(np.isfinite(std) and std > 0)
-    length_feature = np.tanh(delta / std) if identifiable else np.zeros(n)
-    columns = [np.ones(n), length_feature]
-    names = ["model", "length"]
-    if instruction_difficulty is not None:
-        difficulty = np.asarray(instruction_difficulty, dtype=float)
-        if difficulty.shape != (n,) or not np.all(np.isfinite(difficulty)):
-            raise ValueError(
-                f"instruction_difficulty must be {n} finite numbers, "
-                f"got shape {difficulty.shape}"
-            )
-        columns.append(difficulty)
-        names.append("instruction_difficulty")
-    features = np.column_stack(columns)
     beta = _fit_logistic(features, targets, l2)
     # the prediction had the two answers been equally long: length column set to 0
     counterfactual = features.copy()
     counterfactual[:, 1] = 0.0
-    predicted = 1.0 / (1.0 + np.exp(-(counterfactual @ beta)))
     return {
-        "length_controlled_win_rate": float(predicted.mean()),
+        "length_controlled_win_rate": float(special.expit(counterfactual @ beta).mean()),
         "win_rate": float(targets.mean()),
-        "coefficients": {
-            name: float(value) for name, value in zip(names, beta, strict=True)
-        },
-        "std_delta_len": std if identifiable else None,
-        "length_term_identifiable": identifiable,
+        "coefficients": {name: float(value) for name, value in zip(names, beta, strict=True)},
+        "std_delta_len": std,
+        "length_term_identifiable": std is not None,
         "n": n,
     }
 

@@ -38,6 +38,13 @@ STATS_FILE = "reward_stats.json"
 UNCONTROLLED = -1  # a target class meaning "the prompt does not control this dimension"
 
 
+def class_counts(labels: torch.Tensor, n_classes: Sequence[int]) -> list[list[int]]:
+    """Per head, how many rows of (rows, k) ``labels`` fall in each class; -100 (unscored) is not counted."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    return [torch.bincount(labels[:, head][labels[:, head] >= 0], minlength=n).tolist()
+            for head, n in enumerate(n_classes)]
+
+
 def map_reward(
     target_probs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
@@ -95,11 +102,7 @@ class RewardStats:
 
     def count_labels(self, labels: torch.Tensor) -> None:
         """Record the training labels' class counts, (rows, k) classes with -100 for unscored."""
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        self.label_counts = [
-            torch.bincount(labels[:, head][labels[:, head] >= 0], minlength=n).tolist()
-            for head, n in enumerate(self.n_classes)
-        ]
+        self.label_counts = class_counts(labels, self.n_classes)
 
     def supported_intensities(self) -> list[list[int]]:
         """Per head, the intensities (1-based) some training response had. A class no response had

@@ -323,7 +323,7 @@ def encode_pairs(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if max_length < 1:
         raise ValueError(f"max_length must be positive, got {max_length}")
-    texts = [chat_prompt(tokenizer, prompt) + response for prompt, response in zip(prompts, responses)]
+    texts = [chat_prompt(tokenizer, prompt) + response for prompt, response in zip(prompts, responses, strict=True)]
     if not texts:
         return []
     ids = tokenizer(texts, add_special_tokens=False).input_ids
@@ -376,7 +376,7 @@ def score_texts(
                     input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)
                 )
                 index = torch.tensor(batch, dtype=torch.long)
-                for head_probs, logits in zip(probs, output.logits):
+                for head_probs, logits in zip(probs, output.logits, strict=True):
                     head_probs[index] = logits.float().softmax(-1).cpu()
     finally:
         model.train(was_training)

@@ -43,8 +43,8 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
         dims, classes = list(self.model.dimensions), list(self.model.n_classes)
         targets, stripped = target_classes([str(p) for p in frame["prompt"]], dims, classes)
         probs = score_texts(self.model, self.tokenizer, stripped, [str(r) for r in frame["response"]])
-        out = pd.DataFrame({d: expected_intensity(p).tolist() for d, p in zip(dims, probs)})
+        out = pd.DataFrame({d: expected_intensity(p).tolist() for d, p in zip(dims, probs, strict=True)})
         tagged = (targets != -1).any(dim=1)
         rewards = self.stats.rewards(probs, targets).tolist()
-        out[MAPPED_REWARD_COLUMN] = [r if t else None for r, t in zip(rewards, tagged.tolist())]
+        out[MAPPED_REWARD_COLUMN] = [r if t else None for r, t in zip(rewards, tagged.tolist(), strict=True)]
         return out

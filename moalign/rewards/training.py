@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from moalign.data.schema import SCORE_MAX, SCORE_MIN, ScoredCandidate
-from moalign.rewards.mapping import RewardStats
+from moalign.data.schema import SCORE_MAX, SCORE_MIN, ScoredCandidate, distinct_responses
+from moalign.rewards.mapping import RewardStats, class_counts
 from moalign.rewards.model import (
     IGNORE_INDEX,
     MultiHeadRewardModel,
@@ -54,14 +54,10 @@ def reward_examples(
         raise RewardModelError(
             f"dimensions {list(dimensions)} and classes {list(n_classes)} differ in length"
         )
-    examples, seen = [], set()
-    for candidate in candidates:
-        key = (candidate.prompt, candidate.text)
-        if key in seen:
-            continue
-        seen.add(key)
+    examples = []
+    for candidate in distinct_responses(candidates):
         labels = []
-        for dimension, n in zip(dimensions, n_classes):
+        for dimension, n in zip(dimensions, n_classes, strict=True):
             score = candidate.scores.get(dimension)
             if score is None:
                 labels.append(IGNORE_INDEX)
@@ -110,14 +106,10 @@ def expected_calibration_error(
     return ece
 
 
-def majority_classes(labels: torch.Tensor) -> list[int | None]:
+def majority_classes(labels: torch.Tensor, n_classes: Sequence[int]) -> list[int | None]:
     """Per head, the most frequent labelled class (the smallest on a tie; None for no labelled row)."""
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    result: list[int | None] = []
-    for k in range(labels.shape[1]):
-        column = labels[:, k][labels[:, k] != IGNORE_INDEX]
-        result.append(int(torch.bincount(column).argmax()) if column.numel() else None)
-    return result
+    return [max(range(len(counts)), key=counts.__getitem__) if sum(counts) else None
+            for counts in class_counts(labels, n_classes)]
 
 
 def head_metrics(
@@ -201,7 +193,7 @@ class RewardTrainer(AveragedLogsMixin, Trainer):
                 "lower the learning rate"
             )
         labelled = (labels != IGNORE_INDEX).sum(0).tolist()
-        for dimension, loss, count in zip(self.dimensions, output.head_losses.detach().tolist(), labelled):
+        for dimension, loss, count in zip(self.dimensions, output.head_losses.detach().tolist(), labelled, strict=True):
             if count:
                 self._stored[f"loss/{dimension}"].append(loss)
         return (output.loss, output) if return_outputs else output.loss
@@ -298,7 +290,7 @@ def train_reward_model(
     encoded = encode_pairs(
         tokenizer, [e["prompt"] for e in train_examples], [e["response"] for e in train_examples], max_length
     )
-    features = [{"input_ids": ids, "labels": list(e["labels"])} for ids, e in zip(encoded, train_examples)]
+    features = [{"input_ids": ids, "labels": list(e["labels"])} for ids, e in zip(encoded, train_examples, strict=True)]
     cuda = torch.cuda.is_available()
     bf16 = cuda and next(model.parameters()).dtype == torch.bfloat16
     args = TrainingArguments(
@@ -333,7 +325,7 @@ def train_reward_model(
     trained = trainer.model
     dims = trained.dimensions
     train_labels = _labels(train_examples, len(dims))
-    majority = majority_classes(train_labels)
+    majority = majority_classes(train_labels, trained.n_classes)
     train_probs = _scored(trained, tokenizer, train_examples, batch_size, max_length)
     if stats is not None:
         # Eq. 11's statistics from the same scoring of the training responses that measures the heads
@@ -367,7 +359,7 @@ def train_reward_stage(config, candidates, model_dir, out_dir, metrics, checkpoi
     if not train:
         raise RewardModelError(f"{candidates} holds no train-split response: nothing to train the reward model on")
     logger.info("%d training responses, %d eval; heads %s", len(train), len(held_out),
-                ", ".join(f"{d}({n})" for d, n in zip(dims, classes)))
+                ", ".join(f"{d}({n})" for d, n in zip(dims, classes, strict=True)))
     reward_model = MultiHeadRewardModel.from_backbone(model_dir, dims, classes,
                                                       dtype=resolve_dtype(config.model.dtype), seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -391,14 +383,14 @@ def train_reward_stage(config, candidates, model_dir, out_dir, metrics, checkpoi
             else:
                 logger.info("%s %s: no example has this dimension scored", split, d)
     if register:
-        from moalign import registry
+        from moalign import registry, tracking
 
-        registry.configure(config.register_.tracking_uri, config.register_.experiment)
+        tracking.configure(config.register_.tracking_uri, config.register_.experiment)
         version = registry.log_and_register(
             run_name=f"reward-{config.model.source}", params=config.model_dump(by_alias=True), step_metrics=[],
             final_metrics={"reward": results}, artifacts=[metrics], model_dir=out_dir,
             model_name=section.model_name,
-            tags={"kind": "reward_model", "heads": ",".join(f"{d}:{n}" for d, n in zip(dims, classes))},
+            tags={"kind": "reward_model", "heads": ",".join(f"{d}:{n}" for d, n in zip(dims, classes, strict=True))},
             task=registry.REWARD_MODEL_TASK,
         )
         logger.info("registered %s version %s", version.name, version.version)

@@ -10,22 +10,38 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
+
+def policy_inputs(config, reward_dir) -> dict:
+    """What ``train.method`` reads besides its pairs and starting model, as content hashes: the
+    reward model and its code for the online methods, nothing for the offline ones. The
+    policy_inputs stage writes this, and train_policy depends on it instead of on ``models/reward``,
+    so DVC reruns an offline method only when something it reads changes."""
+    from moalign.generation import model_fingerprint
+    from moalign.training.runs import fingerprint
+
+    if not config.method.online:
+        return {"method": config.train.method, "reward_model": None, "reward_code": None}
+    if reward_dir is None or not Path(reward_dir).is_dir():
+        raise ValueError(f"train.method {config.train.method} trains against the reward model: pass the "
+                         "train_reward stage's folder (models/reward)")
+    code = sorted(Path(__file__).parents[1].joinpath("rewards").glob("*.py"))
+    return {"method": config.train.method, "reward_model": model_fingerprint(reward_dir),
+            "reward_code": fingerprint({path.name: path.read_text() for path in code})}
+
 
 def run_fingerprint(config, rows: Sequence, model_dir, reward_dir=None) -> str:
     """Identity of a training run: its checkpoints and MLflow run are resumed only by the same
-    fingerprint (same pairs, settings, seed and starting model; for online methods, the same reward
-    model, since a retrained one makes another run)."""
-    import hashlib
+    fingerprint (same pairs, settings, seed, starting model and :func:`policy_inputs`)."""
+    from moalign.training.preference import offline_fingerprint
+    from moalign.training.runs import fingerprint
 
-    from moalign.training.preference import run_fingerprint as offline_fingerprint
-
-    fingerprint = offline_fingerprint(rows, model_dir, train=config.train, dimensions=config.dimensions,
-                                      dtype=config.model.dtype, seed=config.train_seed)
-    if config.method.online and reward_dir is not None:
-        stats = Path(reward_dir) / "reward_stats.json"
-        content = stats.read_bytes() if stats.is_file() else b""
-        fingerprint = hashlib.sha256(fingerprint.encode() + content).hexdigest()[:16]
-    return fingerprint
+    offline = offline_fingerprint(rows, model_dir, train=config.train, dimensions=config.dimensions,
+                                  dtype=config.model.dtype, seed=config.train_seed)
+    if not config.method.online:
+        return offline
+    return fingerprint({"offline": offline, **policy_inputs(config, reward_dir)})
 
 
 def train(
@@ -46,50 +62,54 @@ def train(
     Offline methods use ``reference_dir`` (the reference_logps stage's cache, optional) and score
     ``eval_rows`` as held-out diagnostics; online methods need ``reward_dir`` (the train_reward stage).
     """
-    from moalign import registry
+    from moalign import tracking
     from moalign.data.schema import write_json
-    from moalign.training.online import train_online, training_prompts
-    from moalign.training.preference import train_policy
-    from moalign.training.reference import load_reference
+    from moalign.training.online import training_prompts
     from moalign.training.runs import BUDGET_FILE, training_budget
 
-    online = config.method.online
-    if online and reward_dir is None:
-        raise ValueError(f"train.method {config.train.method} trains against the reward model: pass the "
-                         "train_reward stage's folder (models/reward)")
     section = config.register_
-    experiment_id = registry.configure(section.tracking_uri, section.experiment)
+    experiment_id = tracking.configure(section.tracking_uri, section.experiment)
     fingerprint = run_fingerprint(config, rows, model_dir, reward_dir)
     # the per-step diagnostics go to MLflow live; the register stage later adds the evaluation and
     # the model to this same run
-    run_id = registry.start_training_run(
+    run_id = tracking.start_training_run(
         experiment_id, f"{config.train.method}-{config.model.source}", config.model_dump(by_alias=True),
         fingerprint=fingerprint, tags={"method": config.train.method, "base_model": config.model.source},
     )
-    on_log = registry.StepMetricLogger(run_id)
     try:
-        if online:
-            history = train_online(
-                rows, model_dir, reward_dir, out_dir, checkpoint_dir, train=config.train,
-                dimensions=config.dimensions.names, n_classes=config.reward_classes, dtype=config.model.dtype,
-                seed=config.train_seed, fingerprint=fingerprint, on_log=on_log,
-            )
-        else:
-            reference = load_reference(reference_dir, max_length=config.train.max_length) if reference_dir else None
-            history = train_policy(
-                rows, model_dir, out_dir, checkpoint_dir, train=config.train, dimensions=config.dimensions,
-                dtype=config.model.dtype, seed=config.train_seed, reference_cache=reference, on_log=on_log,
-                eval_rows=eval_rows, fingerprint=fingerprint,
-            )
+        history = _run_method(config, rows, model_dir, out_dir, checkpoint_dir, fingerprint=fingerprint,
+                              on_log=tracking.StepMetricLogger(run_id), eval_rows=eval_rows,
+                              reference_dir=reference_dir, reward_dir=reward_dir)
     except BaseException:
         # not FINISHED: a rerun resumes the checkpoint and continues this run
-        registry.finish_training_run(run_id, [], status="FAILED")
+        tracking.finish_training_run(run_id, [], status="FAILED")
         raise
-    registry.finish_training_run(run_id, history)
-    logging.getLogger(__name__).info("MLflow run %s", run_id)
+    tracking.finish_training_run(run_id, history)
+    logger.info("MLflow run %s", run_id)
     out_dir = Path(out_dir)
-    write_json(out_dir / registry.RUN_FILE, {"run_id": run_id, "experiment": section.experiment})
+    write_json(out_dir / tracking.RUN_FILE, {"run_id": run_id, "experiment": section.experiment})
     # offline methods train on pairs, online ones on distinct prompts
+    online = config.method.online
     examples = len(training_prompts(rows, config.train.online.max_prompts)) if online else len(rows)
     write_json(out_dir / BUDGET_FILE, training_budget(history, examples))
     return history
+
+
+def _run_method(config, rows, model_dir, out_dir, checkpoint_dir, *, fingerprint, on_log, eval_rows,
+                reference_dir, reward_dir) -> list[dict]:
+    from moalign.training.online import train_online
+    from moalign.training.preference import train_policy
+    from moalign.training.reference import load_reference
+
+    if config.method.online:
+        return train_online(
+            rows, model_dir, reward_dir, out_dir, checkpoint_dir, train=config.train,
+            dimensions=config.dimensions.names, n_classes=config.reward_classes, dtype=config.model.dtype,
+            seed=config.train_seed, fingerprint=fingerprint, on_log=on_log,
+        )
+    reference = load_reference(reference_dir, max_length=config.train.max_length) if reference_dir else None
+    return train_policy(
+        rows, model_dir, out_dir, checkpoint_dir, train=config.train, dimensions=config.dimensions,
+        dtype=config.model.dtype, seed=config.train_seed, reference_cache=reference, on_log=on_log,
+        eval_rows=eval_rows, fingerprint=fingerprint,
+    )

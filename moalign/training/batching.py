@@ -66,7 +66,7 @@ class PairCollator:
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         completion_mask = torch.zeros_like(input_ids)
-        for i, (ids, start) in enumerate(zip(sequences, starts)):
+        for i, (ids, start) in enumerate(zip(sequences, starts, strict=True)):
             offset = width - len(ids)
             input_ids[i, offset:] = torch.tensor(ids)
             attention_mask[i, offset:] = 1

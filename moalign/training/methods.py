@@ -62,6 +62,7 @@ class Loss:
     needs_reference: bool = False
     dimension_prompts: bool = False  # score under f(x, d_k) for every dimension (AMoPO)
     orient_by_primary: bool = False  # chosen/rejected re-ordered by train.modpo_primary's scores
+    reads: tuple[str, ...] = ()  # the train.* settings its loss depends on (moalign compare shows only these)
 
 
 def _first(t: torch.Tensor) -> torch.Tensor:
@@ -105,15 +106,18 @@ LOSSES: dict[str, Loss] = {
             lambda lp, p: losses.amopo_loss(lp.chosen, lp.rejected, lp.weights, p.beta, p.gamma),
             average_logps=True,
             dimension_prompts=True,
+            reads=("beta", "gamma", "weights", "fixed_weights"),
         ),
         Loss(
             "simpo",
             lambda lp, p: losses.simpo_loss(_first(lp.chosen), _first(lp.rejected), p.beta, p.gamma),
             average_logps=True,
+            reads=("beta", "gamma"),
         ),
-        Loss("dpo", _against_reference("dpo_loss"), average_logps=False, needs_reference=True),
-        Loss("cal_dpo", _against_reference("cal_dpo_loss"), average_logps=False, needs_reference=True),
-        Loss("modpo", _modpo, average_logps=False, needs_reference=True, orient_by_primary=True),
+        Loss("dpo", _against_reference("dpo_loss"), average_logps=False, needs_reference=True, reads=("beta",)),
+        Loss("cal_dpo", _against_reference("cal_dpo_loss"), average_logps=False, needs_reference=True, reads=("beta",)),
+        Loss("modpo", _modpo, average_logps=False, needs_reference=True, orient_by_primary=True,
+             reads=("beta", "modpo_primary", "modpo_weights")),
         # supervised fine-tuning on the chosen responses: controllable CPO's first stage, and a
         # baseline of its own
         Loss("sft", lambda lp, p: _first(lp.chosen_nll), average_logps=True),
@@ -125,6 +129,7 @@ LOSSES: dict[str, Loss] = {
             ),
             average_logps=False,
             needs_reference=True,
+            reads=("beta", "spo_lambda"),
         ),
         Loss(
             "orpo",
@@ -132,6 +137,7 @@ LOSSES: dict[str, Loss] = {
                 _first(lp.chosen), _first(lp.rejected), _first(lp.chosen_nll), p.orpo_lambda
             ),
             average_logps=True,
+            reads=("orpo_lambda",),
         ),
         Loss(
             "contrastive_cpo",
@@ -139,6 +145,7 @@ LOSSES: dict[str, Loss] = {
                 _first(lp.chosen), _first(lp.rejected), _first(lp.chosen_nll), p.beta, p.cpo_alpha
             ),
             average_logps=False,
+            reads=("beta", "cpo_alpha"),
         ),
     )
 }
@@ -163,6 +170,11 @@ class Method:
     def needs_reference(self) -> bool:
         """Scores the pairs under the starting model (the reference_logps stage caches them)."""
         return any(LOSSES[phase].needs_reference for phase in self.phases)
+
+    @property
+    def train_params(self) -> tuple[str, ...]:
+        """The method-specific train.* settings its losses read; online methods read train.online.*."""
+        return tuple(dict.fromkeys(key for phase in self.phases for key in LOSSES[phase].reads))
 
 
 METHODS: dict[str, Method] = {

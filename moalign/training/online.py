@@ -103,6 +103,14 @@ def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]], weights:
     return soup
 
 
+def cook_soup(model, policies: Sequence[dict[str, torch.Tensor]], soup_weights, dimensions: Sequence[str], *,
+              step: int) -> dict:
+    """Load the weighted average of ``policies`` into ``model``; returns the history entry that records it."""
+    weights = uniform(soup_weights, len(dimensions))
+    model.load_state_dict(average_state_dicts(policies, weights))
+    return {"phase": "soup", "step": step, **{f"soup_weight/{d}": w for d, w in zip(dimensions, weights, strict=True)}}
+
+
 def load_reward(reward_dir, dimensions: Sequence[str], n_classes: Sequence[int], dtype: torch.dtype, *,
                 max_length: int, batch_size: int = 16):
     """The reward model, its tokenizer and its running statistics; heads checked against the config."""
@@ -115,6 +123,35 @@ def load_reward(reward_dir, dimensions: Sequence[str], n_classes: Sequence[int],
     model = MultiHeadRewardModel.load(reward_dir, dimensions, n_classes, dtype=dtype, device=pick_device())
     model.requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(reward_dir), RewardStats.load(reward_dir)
+
+
+def reward_phases(method: str, prompts: Sequence[tuple[str, str]], reward_dir, online, *, dimensions: Sequence[str],
+                  n_classes: Sequence[int], dtype: torch.dtype, max_length: int, seed: int):
+    """The prompts ``method`` trains on (tagged for MOSLIM) and its phases as (name, reward callable):
+    one phase, or one per dimension for a soup."""
+    from moalign.rewards.control import MappedReward, ScalarisedReward, control_prompts
+    from moalign.training.methods import get_method
+
+    reward_model, reward_tokenizer, stats = load_reward(reward_dir, dimensions, n_classes, dtype, max_length=max_length)
+    options = {"max_length": max_length}
+    k = len(dimensions)
+    recipe = get_method(method).reward
+    if recipe == "mapped":
+        intensities = tag_intensities(stats, online.tag_intensities)
+        texts = [row["prompt"] for row in control_prompts(prompts, dimensions, n_classes, seed, intensities)]
+        return texts, [(method, MappedReward(reward_model, reward_tokenizer, stats, **options))]
+    texts = [text for _, text in prompts]
+    if recipe == "scalarised":
+        weights = uniform(online.morlhf_weights, k)
+        return texts, [(method, ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes, weights,
+                                                 **options))]
+    if recipe == "soup":
+        return texts, [
+            (f"soup-{d}", ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes,
+                                           [1.0 if j == i else 0.0 for j in range(k)], **options))
+            for i, d in enumerate(dimensions)
+        ]
+    raise ValueError(f"{method!r} is not an online method")
 
 
 def _dataset(prompts: Sequence[str]):
@@ -203,8 +240,6 @@ def train_online(
     from transformers import set_seed
 
     from moalign.models import load_model_and_tokenizer, resolve_dtype
-    from moalign.rewards.control import MappedReward, ScalarisedReward, control_prompts
-    from moalign.training.methods import get_method
 
     set_seed(seed)
     method, online = train.method, train.online
@@ -214,29 +249,8 @@ def train_online(
     prompts = training_prompts(rows, online.max_prompts)
     if not prompts:
         raise ValueError("no training prompts: the train pairs are empty")
-    reward_model, reward_tokenizer, stats = load_reward(
-        reward_dir, dimensions, n_classes, resolve_dtype(dtype), max_length=train.max_length
-    )
-    options = {"max_length": train.max_length}
-    k = len(dimensions)
-    recipe = get_method(method).reward
-    if recipe == "mapped":
-        intensities = tag_intensities(stats, online.tag_intensities)
-        texts = [row["prompt"] for row in control_prompts(prompts, dimensions, n_classes, seed, intensities)]
-        phases = [(method, MappedReward(reward_model, reward_tokenizer, stats, **options))]
-    elif recipe == "scalarised":
-        texts = [text for _, text in prompts]
-        weights = uniform(online.morlhf_weights, k)
-        phases = [(method, ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes, weights, **options))]
-    elif recipe == "soup":
-        texts = [text for _, text in prompts]
-        phases = [
-            (f"soup-{d}", ScalarisedReward(reward_model, reward_tokenizer, dimensions, n_classes,
-                                           [1.0 if j == i else 0.0 for j in range(k)], **options))
-            for i, d in enumerate(dimensions)
-        ]
-    else:
-        raise ValueError(f"{method!r} is not an online method")
+    texts, phases = reward_phases(method, prompts, reward_dir, online, dimensions=dimensions, n_classes=n_classes,
+                                  dtype=resolve_dtype(dtype), max_length=train.max_length, seed=seed)
     logger.info("%s: %s on %d prompts, %d phase(s)", method, algorithm, len(texts), len(phases))
 
     history: list[dict] = []
@@ -265,9 +279,6 @@ def train_online(
     if tokenizer is None:
         model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
     if len(policies) > 1:
-        weights = uniform(online.soup_weights, k)
-        model.load_state_dict(average_state_dicts(policies, weights))
-        history.append({"phase": "soup", "step": last_step(history),
-                        **{f"soup_weight/{d}": w for d, w in zip(dimensions, weights)}})
+        history.append(cook_soup(model, policies, online.soup_weights, dimensions, step=last_step(history)))
     save_policy(model, tokenizer, out_dir, history)
     return history

@@ -218,7 +218,7 @@ def sample_completions(policy, tokenizer, prompts: Sequence[Prompt], settings: P
     mask = ((is_eos.cumsum(-1) - is_eos) == 0).float()  # no end-of-sequence before this token
     completion = torch.where(mask.bool(), completion, torch.full_like(completion, tokenizer.pad_token_id))
     lengths = mask.sum(-1).long().tolist()
-    real = [row[:n].tolist() for row, n in zip(completion, lengths)]
+    real = [row[:n].tolist() for row, n in zip(completion, lengths, strict=True)]
     decoded = tokenizer.batch_decode(real, skip_special_tokens=True)
     return Rollout(
         input_ids=torch.cat([encoded.input_ids, completion], dim=1),

@@ -169,7 +169,7 @@ class _DiagnoseAtStart(TrainerCallback):
 # the training run
 
 
-def run_fingerprint(rows: Sequence[PreferenceRow], model_dir, *, train, dimensions, dtype: str, seed: int) -> str:
+def offline_fingerprint(rows: Sequence[PreferenceRow], model_dir, *, train, dimensions, dtype: str, seed: int) -> str:
     """Identity of a training run: checkpoints (and the MLflow run) of another fingerprint are never resumed."""
     return fingerprint(
         {"train": train.model_dump(), "dimensions": dimensions.model_dump(), "seed": seed,
@@ -183,7 +183,7 @@ def _reference_scores(model, phase: Phase, features, collator, batch_size: int, 
     missing = [i for i, (c, r) in enumerate(keys) if c not in cache or r not in cache]
     if cache and missing:
         logger.warning("%d of %d pairs not in the reference cache: scoring them now", len(missing), len(features))
-    computed = dict(zip(missing, score_pairs(model, [features[i] for i in missing], collator, batch_size)))
+    computed = dict(zip(missing, score_pairs(model, [features[i] for i in missing], collator, batch_size), strict=True))
     return [computed[i] if i in computed else (cache[c], cache[r]) for i, (c, r) in enumerate(keys)]
 
 
@@ -224,7 +224,7 @@ def train_policy(
     set_seed(seed)
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
     checkpoint_dir = Path(checkpoint_dir)
-    claim_checkpoints(checkpoint_dir, fingerprint or run_fingerprint(
+    claim_checkpoints(checkpoint_dir, fingerprint or offline_fingerprint(
         rows, model_dir, train=train, dimensions=dimensions, dtype=dtype, seed=seed))
     phases = plan_phases(rows, train, dimensions)
     collator = PairCollator(tokenizer.pad_token_id)
@@ -246,7 +246,7 @@ def train_policy(
             cache = reference_cache if index == 0 else None
             scored = _reference_scores(model, phase, features, collator, train.batch_size, cache or {})
             current = {}
-            for row, feature, (chosen, rejected) in zip(phase.rows, features, scored):
+            for row, feature, (chosen, rejected) in zip(phase.rows, features, scored, strict=True):
                 feature["ref_chosen_logps"], feature["ref_rejected_logps"] = chosen, rejected
                 current[row.id, row.chosen.text], current[row.id, row.rejected.text] = chosen, rejected
                 if phase.margin_from_previous:

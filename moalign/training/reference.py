@@ -66,7 +66,7 @@ def score_reference(
     features = features_for(phase, tokenizer, dimensions.names, train.max_length)
     scored = score_pairs(model, features, PairCollator(tokenizer.pad_token_id), batch_size)
     cache = {}
-    for (chosen_key, rejected_key), (chosen, rejected) in zip(phase_keys(phase.rows, phase.prompts), scored):
+    for (chosen_key, rejected_key), (chosen, rejected) in zip(phase_keys(phase.rows, phase.prompts), scored, strict=True):
         cache[chosen_key], cache[rejected_key] = chosen, rejected
     return cache, {**meta, "needed": True, "sequences": len(cache)}
 
