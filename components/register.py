@@ -4,8 +4,8 @@ Continues the training's MLflow run (``models/policy/mlflow_run.json``; a new ru
 does not hold it) and logs params.yaml (flattened), any per-step training metrics the run lacks,
 the evaluation and validation metrics, the per-prompt evaluation file, and the policy with the
 transformers flavor; tags the version with the git commit and the DVC hash of the data, and points
-the ``challenger`` alias at it. Promotion to ``champion`` stays a human (or gated) decision in the
-MLflow registry.
+the ``challenger`` alias at it. With ``register.promote: auto`` the promotion gate then decides
+whether it becomes ``champion`` (moalign.promotion); with ``manual``, ``moalign promote`` does.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(
 ) -> None:
     config = stage_params(params)
     log = setup_logging("register")
-    from moalign import registry, tracking
+    from moalign import promotion, registry, tracking
     from moalign.data.schema import write_json
     from moalign.models import require_model_dir
 
@@ -59,6 +59,10 @@ def main(
     write_json(out, {"name": version.name, "version": version.version, "run_id": version.run_id,
                      "model_uri": version.model_uri})
     log.info("registered %s version %s (alias challenger)", version.name, version.version)
+    if section.promote == "auto":
+        decision = promotion.promote(section.tracking_uri, version.name, version.version,
+                                     max_regression=section.max_regression)
+        log.info("promotion gate: %s (%s)", decision.decision, "; ".join(decision.reasons))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     moalign check-params [--params params.yaml]   validate params.yaml, print the resolved values
     moalign row-schema                            print the JSON Schema of a preference row
     moalign compare                               experiments x metrics from MLflow, like Table 2
+    moalign promote [--version N] [--dry-run]     the champion/challenger gate (docs/promotion.md)
 """
 
 from __future__ import annotations
@@ -198,6 +199,70 @@ def compare(
         typer.echo(f"wrote {core.write_csv(rows, keys, csv_out)}")
     if json_out is not None:
         typer.echo(f"wrote {core.write_json(rows, keys, json_out)}")
+
+
+_PROMOTE_HELP = (
+    "Decide whether a registered version becomes the 'champion' (docs/promotion.md).\n\n"
+    "It is promoted only when, on the same held-out evaluation, it beats the starting model (win rate "
+    "95% CI low above 0.5) and the current champion (paired per-prompt mean score difference with a 95% "
+    "bootstrap interval above 0), and no dimension falls more than register.max_regression below either. "
+    "A failed, partial or not comparable evaluation never promotes. The decision and its numbers become "
+    "promotion.* tags of the version; the exit code is 0 whether or not it is promoted.\n\n"
+    "Examples:\n\n"
+    "  moalign promote --dry-run\n"
+    "  moalign promote --version 3\n"
+    "  moalign promote --model-name moalign-policy --tracking-uri sqlite:///elsewhere/mlflow.db"
+)
+
+
+_PromoteParamsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--params",
+        metavar="FILE",
+        help="Read register.tracking_uri, register.model_name and register.max_regression from this file "
+        "\\[default: ./params.yaml when present, else sqlite:///mlflow.db, 'moalign-policy', no tolerance]",
+    ),
+]
+
+
+@app.command("promote", help=_PROMOTE_HELP)
+def promote(
+    model_name: Annotated[str | None, typer.Option("--model-name", metavar="NAME",
+                                                   help="Registered model (overrides params.yaml).")] = None,
+    version: Annotated[int | None, typer.Option("--version", metavar="N",
+                                                help="Version to judge \\[default: the challenger]")] = None,
+    tracking_uri: _UriOpt = None,
+    params: _PromoteParamsOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision; move and tag nothing.")] = False,
+) -> None:
+    """Decide whether a registered version becomes the champion."""
+    from moalign import promotion, tracking
+
+    try:
+        settings = _register_settings(params)
+    except ParamsError as error:
+        raise _fail(str(error), 2) from None
+    try:
+        decision = promotion.promote(tracking_uri or settings.tracking_uri, model_name or settings.model_name,
+                                     version, max_regression=settings.max_regression, dry_run=dry_run)
+    except (promotion.PromotionError, tracking.TrackingError) as error:
+        raise _fail(str(error)) from None
+    for line in _decision_lines(decision, dry_run):
+        typer.echo(line)
+
+
+def _decision_lines(decision, dry_run: bool) -> list[str]:
+    """The decision as plain lines: verdict, reasons, then the numbers it used."""
+    against = f"champion version {decision.compared_with}" if decision.compared_with else "no champion yet"
+    lines = [f"{decision.model_name} version {decision.version}: {decision.decision} (against {against})"]
+    lines += [f"  - {reason}" for reason in decision.reasons]
+    lines += [f"  {key}: {value:.4g}" for key, value in decision.numbers.items()]
+    if dry_run:
+        lines.append("dry run: no alias moved, no tag written")
+    elif decision.promoted:
+        lines.append(f"alias champion -> version {decision.version}")
+    return lines
 
 
 _NUMERIC_FIELDS = ("beta", "gamma", "learning_rate", "version")

@@ -382,6 +382,25 @@ class RegisterParams(_Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow backend store.")
     experiment: str = "moalign"
     model_name: str = Field("moalign-policy", min_length=1)
+    promote: Literal["manual", "auto"] = Field(
+        "auto",
+        description="auto: the register stage runs the promotion gate (moalign promote, docs/promotion.md) on "
+        "the new version, which becomes champion only when it beats the starting model and the current "
+        "champion; manual: it stays challenger until someone runs moalign promote.",
+    )
+    max_regression: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per dimension, how far (in mean judge score, 1-5) a new champion may fall below the "
+        "starting model and the current champion; a dimension not named may not fall at all (0).",
+    )
+
+    @field_validator("max_regression")
+    @classmethod
+    def _tolerances_not_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {d: v for d, v in value.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"register.max_regression must be >= 0 per dimension, got {bad}")
+        return value
 
 
 class Params(_Section):
@@ -462,6 +481,14 @@ class Params(_Section):
                 raise ValueError(f"train.online.{key} has {len(weights)} values but dimensions.names has {k}")
             if any(w < 0 for w in weights) or sum(weights) <= 0:
                 raise ValueError(f"train.online.{key} must be non-negative with a positive sum")
+        return self
+
+    @model_validator(mode="after")
+    def _max_regression_names_dimensions(self) -> Params:
+        unknown = [d for d in self.register_.max_regression if d not in self.dimensions.names]
+        if unknown:
+            raise ValueError(f"register.max_regression names {unknown}, which are not in dimensions.names "
+                             f"{self.dimensions.names}")
         return self
 
     @model_validator(mode="after")

@@ -146,6 +146,11 @@ def test_registered_version_in_mlflow(project):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
     version = client.get_model_version_by_alias("moalign-policy", "challenger")
     assert str(version.version) == record["version"] == "1"  # MLflow 3.17 returns an int here
+    # register.promote auto: the gate judged it. The first version becomes champion only on a clear win
+    # over the starting model (95% CI low above 0.5), which 6 prompts of a random model rarely give.
+    decision = version.tags["promotion.decision"]
+    assert decision in ("champion", "challenger") and version.tags["promotion.compared_with"] == "none"
+    assert ("champion" in client.get_registered_model("moalign-policy").aliases) == (decision == "champion")
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert version.tags["git_commit"] == head
     data_md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
@@ -173,6 +178,14 @@ def test_exp_run_trains_a_baseline_with_param_overrides(project):
     assert curves and "rewards/chosen" in curves[0]
     record = json.loads((project / "registry/model_version.json").read_text())
     assert record["version"] == "2"  # the experiment registered its own version
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    first, second = (client.get_model_version("moalign-policy", v).tags for v in ("1", "2"))
+    # the gate judged the new version against the champion of the moment (none if version 1 lost)
+    assert second["promotion.decision"] in ("champion", "challenger")
+    assert second["promotion.compared_with"] == ("1" if first["promotion.decision"] == "champion" else "none")
     meta = json.loads((project / "data/reference/meta.json").read_text())
     assert meta["method"] == "dpo" and meta["needed"] and meta["sequences"] > 0
     # a beta sweep reuses the cached reference scores: only training and what follows it rerun
