@@ -39,6 +39,10 @@ def main(
 ) -> None:
     config = stage_params(params)
     log = setup_logging("train_policy")
+    from moalign.launch import is_main_process, relaunch
+
+    if (launched := relaunch(config.compute, "components.train_policy")) is not None:
+        raise typer.Exit(launched)  # compute.num_processes > 1: that many processes trained, under accelerate
     from moalign.data.schema import PreferenceRow, read_jsonl, write_json
     from moalign.models import require_model_dir
     from moalign.training import train
@@ -52,7 +56,8 @@ def main(
         config, rows, model, out, checkpoints, eval_rows=read_jsonl(eval_pairs, PreferenceRow) if eval_pairs else (),
         reference_dir=reference, reward_dir=reward_model,
     )
-    write_json(curves, [entry for entry in history if "loss" in entry])
+    if is_main_process():
+        write_json(curves, [entry for entry in history if "loss" in entry])
 
 
 if __name__ == "__main__":

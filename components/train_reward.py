@@ -38,6 +38,10 @@ def main(
 ) -> None:
     config = stage_params(params)
     setup_logging("train_reward")
+    from moalign.launch import relaunch
+
+    if (launched := relaunch(config.compute, "components.train_reward", gathers_shards=False)) is not None:
+        raise typer.Exit(launched)  # compute.num_processes > 1: that many processes trained, under accelerate
     from moalign.rewards.model import RewardModelError
     from moalign.rewards.training import train_reward_stage
 

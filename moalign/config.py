@@ -403,6 +403,21 @@ class RegisterParams(_Section):
         return value
 
 
+class ComputeParams(_Section):
+    """How many processes the training stages (train_policy, train_reward) run on (docs/distributed.md)."""
+
+    num_processes: int = Field(
+        1, ge=1, description="Training processes, one per GPU (in all, over every machine of the accelerate "
+        "config); above 1 the stages rerun themselves under `accelerate launch` (gloo on a CPU). "
+        "train.batch_size and reward.batch_size count per process: the global batch is num_processes times larger.",
+    )
+    accelerate_config: str | None = Field(
+        None, description="accelerate config those launches use: configs/accelerate/ddp.yaml, fsdp.yaml, "
+        "deepspeed_zero3.yaml or your own; null = ddp.yaml. FSDP and DeepSpeed shard the policy: one-phase "
+        "offline methods with train.lora.enabled false only, and train_reward then runs with DDP.",
+    )
+
+
 class Params(_Section):
     seed: int = 0
     model: ModelParams = Field(default_factory=ModelParams)
@@ -415,6 +430,7 @@ class Params(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
+    compute: ComputeParams = Field(default_factory=ComputeParams)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -508,6 +524,35 @@ class Params(_Section):
                                  f"(reward.classes)")
         if asked and not any(asked.get(d, True) for d in self.dimensions.names):
             raise ValueError("train.online.tag_intensities leaves no dimension to control")
+        return self
+
+    @model_validator(mode="after")
+    def _compute_can_launch(self) -> Params:
+        from moalign.launch import DEFAULT_CONFIG, SHARDED, distributed_type
+
+        section, method = self.compute, self.method
+        config_file = section.accelerate_config or DEFAULT_CONFIG
+        if section.accelerate_config is not None and not Path(config_file).is_file():
+            raise ValueError(f"compute.accelerate_config: no such file {config_file} (the shipped ones are in "
+                             "configs/accelerate/)")
+        if section.num_processes == 1:
+            return self
+        if method.online and (method.algorithm or self.train.online.baseline_algorithm) == "ppo":
+            raise ValueError(f"compute.num_processes is {section.num_processes} but train.method "
+                             f"{self.train.method} trains with moalign's PPO, which runs in one process; use "
+                             "RLOO or Online DPO (train.online.baseline_algorithm), or 1 process")
+        try:
+            sharded = distributed_type(config_file) in SHARDED
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            raise ValueError(f"compute.accelerate_config: {error}") from None
+        if not sharded:
+            return self
+        sharding = (f"compute.accelerate_config {config_file} shards the policy's weights (FSDP or DeepSpeed), "
+                    "which moalign gathers for one-phase offline methods with full fine-tuning only")
+        if method.online or len(method.phases) > 1 or method.per_dimension:
+            raise ValueError(f"{sharding}; train.method {self.train.method} is not one: use {DEFAULT_CONFIG}")
+        if self.train.lora.enabled:
+            raise ValueError(f"{sharding}: set train.lora.enabled to false, or use {DEFAULT_CONFIG}")
         return self
 
     @property

@@ -27,7 +27,10 @@ class ModelDirError(FileNotFoundError):
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: under ``accelerate launch`` each process takes the GPU of its LOCAL_RANK."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
 def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:

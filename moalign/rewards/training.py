@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer
 
 from moalign.data.schema import SCORE_MAX, SCORE_MIN, ScoredCandidate, distinct_responses
+from moalign.launch import is_main_process
 from moalign.rewards.mapping import RewardStats, class_counts
 from moalign.rewards.model import (
     IGNORE_INDEX,
@@ -371,6 +372,8 @@ def train_reward_stage(config, candidates, model_dir, out_dir, metrics, checkpoi
         epochs=section.epochs, batch_size=section.batch_size, max_length=section.max_length, seed=config.seed,
         save_steps=section.save_steps, top_layers=section.top_layers, stats=stats,
     )
+    if not is_main_process():  # of several training processes, the main one saves, writes and registers
+        return results
     reward_model.save(out_dir, tokenizer=tokenizer)
     stats.save(out_dir)
     write_json(metrics, results)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -33,15 +34,18 @@ def policy_inputs(config, reward_dir) -> dict:
 
 def run_fingerprint(config, rows: Sequence, model_dir, reward_dir=None) -> str:
     """Identity of a training run: its checkpoints and MLflow run are resumed only by the same
-    fingerprint (same pairs, settings, seed, starting model and :func:`policy_inputs`)."""
+    fingerprint (same pairs, settings, seed, starting model, :func:`policy_inputs` and process count:
+    ``train.batch_size`` is per process, so another count is another global batch)."""
     from moalign.training.preference import offline_fingerprint
     from moalign.training.runs import fingerprint
 
     offline = offline_fingerprint(rows, model_dir, train=config.train, dimensions=config.dimensions,
                                   dtype=config.model.dtype, seed=config.train_seed)
-    if not config.method.online:
-        return offline
-    return fingerprint({"offline": offline, **policy_inputs(config, reward_dir)})
+    # one process adds nothing, so single-process runs keep the fingerprints they had
+    extra = {"processes": config.compute.num_processes} if config.compute.num_processes > 1 else {}
+    if config.method.online:
+        extra |= policy_inputs(config, reward_dir)
+    return fingerprint({"offline": offline, **extra}) if extra else offline
 
 
 def train(
@@ -64,12 +68,17 @@ def train(
     """
     from moalign import tracking
     from moalign.data.schema import write_json
+    from moalign.launch import is_main_process
     from moalign.training.online import training_prompts
     from moalign.training.runs import BUDGET_FILE, training_budget
 
     section = config.register_
-    experiment_id = tracking.configure(section.tracking_uri, section.experiment)
     fingerprint = run_fingerprint(config, rows, model_dir, reward_dir)
+    run = partial(_run_method, config, rows, model_dir, out_dir, checkpoint_dir, fingerprint=fingerprint,
+                  eval_rows=eval_rows, reference_dir=reference_dir, reward_dir=reward_dir)
+    if not is_main_process():  # of several processes, the main one tracks the run and writes the files
+        return run(on_log=None)
+    experiment_id = tracking.configure(section.tracking_uri, section.experiment)
     # the per-step diagnostics go to MLflow live; the register stage later adds the evaluation and
     # the model to this same run
     run_id = tracking.start_training_run(
@@ -77,9 +86,7 @@ def train(
         fingerprint=fingerprint, tags={"method": config.train.method, "base_model": config.model.source},
     )
     try:
-        history = _run_method(config, rows, model_dir, out_dir, checkpoint_dir, fingerprint=fingerprint,
-                              on_log=tracking.StepMetricLogger(run_id), eval_rows=eval_rows,
-                              reference_dir=reference_dir, reward_dir=reward_dir)
+        history = run(on_log=tracking.StepMetricLogger(run_id))
     except BaseException:
         # not FINISHED: a rerun resumes the checkpoint and continues this run
         tracking.finish_training_run(run_id, [], status="FAILED")

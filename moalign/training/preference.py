@@ -23,6 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from moalign.data.schema import PreferenceRow
+from moalign.launch import is_main_process
 from moalign.training.batching import PairCollator, completion_token_logps, score_pairs, split_logps
 from moalign.training.methods import Loss, PairLogps
 from moalign.training.phases import Phase, features_for, objective_dimensions, plan_phases
@@ -259,7 +260,7 @@ def train_policy(
                           keep=index < len(phases) - 1, dtype=model.dtype, device=model.device)
 
     save_policy(model, tokenizer, out_dir, history)
-    if diagnose is not None:
+    if diagnose is not None and is_main_process():
         from moalign.data.schema import write_json
         from moalign.generation import model_fingerprint
         from moalign.training.diagnostics import LOGGED_FILE, logged_record
@@ -334,5 +335,19 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, t
         diagnose=diagnose,
     )
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(phase_dir)))
-    final = trainer.model.merge_and_unload() if train.lora.enabled else trainer.model
-    return final, trainer.state.log_history
+    return _trained_model(trainer, phase_dir, merge_lora=train.lora.enabled), trainer.state.log_history
+
+
+def _trained_model(trainer: Trainer, phase_dir, *, merge_lora: bool):
+    """The phase's weights as a plain model. Under FSDP or DeepSpeed each process holds a shard: the
+    Trainer's own save gathers them (every process takes part, the main one writes) and the main
+    process loads them back; the others get None and write nothing (one phase, no LoRA: the config
+    allows no other run there)."""
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        from transformers import AutoModelForCausalLM
+
+        gathered = phase_dir / "gathered"
+        trainer.save_model(str(gathered))
+        trainer.accelerator.wait_for_everyone()
+        return AutoModelForCausalLM.from_pretrained(gathered) if is_main_process() else None
+    return trainer.model.merge_and_unload() if merge_lora else trainer.model

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from moalign.launch import is_main_process, main_process_first
+
 logger = logging.getLogger(__name__)
 
 FINISHED_LOG = "train_log.json"
@@ -39,18 +41,22 @@ def claim_checkpoints(directory, run_fingerprint: str, *, stamp: str = "fingerpr
     When its ``stamp`` file names another run (or is missing from a folder that exists), the entries
     matching the glob ``owned`` are deleted first: everything by default, or only the run's own
     files where the folder is shared (moalign's PPO writes ``checkpoint-*`` into a folder that the
-    online training's own stamp also claims).
+    online training's own stamp also claims). With several processes the main one claims the folder
+    while the others wait, so that none of them looks for a checkpoint to resume before it is done.
     """
     directory = Path(directory)
     marker = directory / stamp
-    if directory.exists() and (not marker.exists() or marker.read_text() != run_fingerprint):
-        stale = list(directory.glob(owned))
-        if stale:
-            logger.warning("%s holds checkpoints of another run: removing %d entries", directory, len(stale))
-        for path in stale:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run_fingerprint)
+    with main_process_first():
+        if not is_main_process():
+            return
+        if directory.exists() and (not marker.exists() or marker.read_text() != run_fingerprint):
+            stale = list(directory.glob(owned))
+            if stale:
+                logger.warning("%s holds checkpoints of another run: removing %d entries", directory, len(stale))
+            for path in stale:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        directory.mkdir(parents=True, exist_ok=True)
+        marker.write_text(run_fingerprint)
 
 
 class ForwardLogs(TrainerCallback):
@@ -158,7 +164,7 @@ def run_phase(
     step_offset = last_step(history)
     model, entries = train(ForwardLogs(on_log, name, step_offset) if on_log is not None else None)
     entries = [{**entry, "phase": name, "step": step_offset + entry.get("step", 0)} for entry in entries]
-    if keep:
+    if keep and is_main_process():
         model.save_pretrained(done, safe_serialization=True)
         (done / FINISHED_LOG).write_text(json.dumps(entries))
     history.extend(entries)
@@ -195,7 +201,10 @@ def attach_lora(model, lora):
 
 
 def save_policy(model, tokenizer, out_dir, history: list[dict]) -> None:
-    """The trained policy as a plain HF directory, with its log history in ``train_log.json``."""
+    """The trained policy as a plain HF directory, with its log history in ``train_log.json``; written
+    by the main process only when several train."""
+    if not is_main_process():
+        return
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
