@@ -41,7 +41,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import MissingContextError  # noqa: E402
 
-__all__ = ["StageFailedError", "pipeline", "run_stage", "stage_names"]
+__all__ = ["StageFailedError", "pipeline", "retrain_on_new_data", "run_stage", "stage_names"]
 
 TAIL_LINES = 40
 
@@ -95,9 +95,13 @@ def _stage_env() -> dict[str, str]:
     return env
 
 
-# Retries: DVC makes a retry cheap. Whatever finished before the failure is in dvc.lock and the DVC
-# cache, so the second attempt skips straight to the work that did not complete; one retry covers
-# transient I/O trouble (a locked repo, a full tmp dir, a flaky mount) without masking real bugs.
+# Retries: only the stages that talk to networks (an LLM judge endpoint, an MLflow server) get one,
+# for a dropped connection or an overloaded endpoint; DVC makes it cheap, since whatever finished is
+# in dvc.lock and the cache. A training stage is not retried: its failure is a bug or a lost GPU,
+# and a rerun resumes from its checkpoints anyway.
+NETWORK_STAGES = frozenset({"annotate", "evaluate", "register"})
+
+
 # NO_CACHE: never let Prefect skip a stage from its own cache; deciding what is up to date is DVC's
 # job (it hashes deps/params/outs, Prefect would only hash the task inputs).
 @task(
@@ -169,9 +173,31 @@ def pipeline(repo_dir: str = ".", stages: list[str] | None = None) -> list[str]:
     logger.info("stages to run: %s", ", ".join(selected))
     done: list[str] = []
     for stage in selected:
-        run_stage(stage, str(root))
+        task_for_stage = run_stage if stage in NETWORK_STAGES else run_stage.with_options(retries=0)
+        task_for_stage(stage, str(root))
         done.append(stage)
     return done
+
+
+@flow(name="moalign-retrain-on-new-data")
+def retrain_on_new_data(repo_dir: str = ".") -> list[str]:
+    """The scheduled entry point: run :func:`pipeline` only when the DVC-tracked data (``data.dvc``)
+    differs from the data the MLflow champion was trained on (its ``data_hash`` tag); otherwise do
+    nothing. With no champion yet, it runs."""
+    from moalign.config import load_params
+    from moalign.promotion import champion_data_hash
+    from moalign.registry import dvc_tracked_hash
+
+    root = Path(repo_dir).resolve()
+    register = load_params(root / "params.yaml").register_
+    current = dvc_tracked_hash(root / "data.dvc")
+    served = champion_data_hash(register.tracking_uri, register.model_name, project_dir=root)
+    if current is not None and current == served:
+        _logger().info("data %s is what the champion of %s was trained on: nothing to do", current,
+                       register.model_name)
+        return []
+    _logger().info("data %s, champion trained on %s: running the pipeline", current, served or "nothing yet")
+    return pipeline(repo_dir=str(root))
 
 
 def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

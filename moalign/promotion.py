@@ -53,6 +53,7 @@ __all__ = [
     "Evaluation",
     "PromotionError",
     "TAG_PREFIX",
+    "champion_data_hash",
     "comparability_problems",
     "decide",
     "evaluation_problems",
@@ -390,6 +391,20 @@ def _record(client: MlflowClient, decision: Decision) -> None:
         client.set_model_version_tag(name, version, key, value)
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+
+
+def champion_data_hash(tracking_uri: str, model_name: str,
+                       project_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """The ``data_hash`` tag (DVC's hash of ``data.dvc`` at registration) of ``model_name``'s champion;
+    None when there is no store, no such model or no champion yet."""
+    try:
+        client = tracking.open_store(tracking_uri, project_dir)
+        champion = _registered_aliases(client, model_name).get(CHAMPION_ALIAS)
+    except (tracking.StoreNotFound, PromotionError):
+        return None
+    if champion is None:
+        return None
+    return client.get_model_version(model_name, champion).tags.get("data_hash")
 
 
 def promote(tracking_uri: str, model_name: str, version: str | int | None = None, *,

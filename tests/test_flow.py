@@ -115,18 +115,20 @@ def test_cli_arguments(toy_project: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_prefect_yaml_declares_the_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (deployment,) = config["deployments"]
+    deployment, scheduled = config["deployments"]
     assert deployment["entrypoint"] == "flows/pipeline.py:pipeline"
     assert deployment["work_pool"]["name"] == "moalign-cpu"
-    assert "schedules" not in deployment  # the nightly cron is a commented example
-    assert "cron:" in (ROOT / "prefect.yaml").read_text()
+    assert "schedules" not in deployment  # run on demand; the scheduled deployment checks the data first
+    assert scheduled["entrypoint"] == "flows/pipeline.py:retrain_on_new_data"
+    assert [s["active"] for s in scheduled["schedules"]] == [True] and scheduled["schedules"][0]["cron"]
 
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.chdir(ROOT)  # entrypoints are relative to the project root, as for `prefect deploy`
-    flow = load_flow_from_entrypoint(deployment["entrypoint"])
-    assert flow.name == "moalign-pipeline"
-    assert set(deployment["parameters"]) <= set(flow.parameters.properties)
+    for entry, name in ((deployment, "moalign-pipeline"), (scheduled, "moalign-retrain-on-new-data")):
+        flow = load_flow_from_entrypoint(entry["entrypoint"])
+        assert flow.name == name
+        assert set(entry["parameters"]) <= set(flow.parameters.properties)
 
     try:  # Prefect's own schema for prefect.yaml (private module, may move between versions)
         from prefect.cli.deploy._models import PrefectYamlModel
@@ -187,13 +189,49 @@ def test_flow_failing_stage_raises_with_its_name(
 def test_flow_retries_a_failed_stage(
     prefect_harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fails on the first attempt, succeeds on the second (a marker file survives between them).
-    flaky = (
-        "stages:\n  flaky:\n    cmd: python -c \"import os, sys; first = not os.path.exists('tried'); "
-        "open('tried', 'w').close(); open('out.txt', 'w').write('ok'); sys.exit(1 if first else 0)\"\n"
-        "    outs:\n      - out.txt\n"
-    )
-    project = _make_dvc_project(tmp_path / "flaky", flaky)
+    # Fails on the first attempt, succeeds on the second (a marker file survives between them). Only
+    # a stage that talks to a network is retried: the same command as a training stage fails.
+    def flaky(name: str) -> str:
+        return (
+            f"stages:\n  {name}:\n    cmd: python -c \"import os, sys; first = not os.path.exists('tried'); "
+            "open('tried', 'w').close(); open('out.txt', 'w').write('ok'); sys.exit(1 if first else 0)\"\n"
+            "    outs:\n      - out.txt\n"
+        )
+
     monkeypatch.setattr(pipeline_module, "run_stage", run_stage.with_options(retry_delay_seconds=0))
-    assert pipeline(repo_dir=str(project)) == ["flaky"]
+    project = _make_dvc_project(tmp_path / "judge", flaky("annotate"))
+    assert pipeline(repo_dir=str(project)) == ["annotate"]
     assert (project / "out.txt").read_text() == "ok"
+    project = _make_dvc_project(tmp_path / "train", flaky("train_policy"))
+    with pytest.raises(StageFailedError, match="train_policy"):
+        pipeline(repo_dir=str(project))
+
+
+def test_retrain_on_new_data_runs_only_when_the_data_differs_from_the_champions(
+    tmp_path: Path, isolated_mlflow: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from flows.pipeline import retrain_on_new_data
+
+    project = tmp_path
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["register"]["tracking_uri"] = "sqlite:///mlflow.db"  # relative: resolved against the project
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "data.dvc").write_text("outs:\n- md5: aaa.dir\n  path: data/task\n")
+    runs: list[str] = []
+    monkeypatch.setattr(pipeline_module, "pipeline", lambda repo_dir: runs.append(repo_dir) or ["all"])
+
+    assert retrain_on_new_data.fn(str(project)) == ["all"]  # no store, no champion: run
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = params["register"]["model_name"]
+    client.create_registered_model(name)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags={"data_hash": "aaa.dir"})
+    assert retrain_on_new_data.fn(str(project)) == ["all"]  # a version, but no champion yet
+    client.set_registered_model_alias(name, "champion", "1")
+    assert retrain_on_new_data.fn(str(project)) == []  # the champion was trained on this data
+    (project / "data.dvc").write_text("outs:\n- md5: bbb.dir\n  path: data/task\n")
+    assert retrain_on_new_data.fn(str(project)) == ["all"]
+    assert len(runs) == 3
