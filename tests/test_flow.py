@@ -153,8 +153,11 @@ def test_flow_runs_all_stages_and_rerun_is_a_no_op(prefect_harness, toy_project:
     assert lock["stages"]["prepare"]["params"]["params.yaml"]["prepare.n"] == 3
     before = lock_path.read_bytes()
 
-    assert pipeline(repo_dir=str(toy_project)) == ["prepare", "report"]
+    assert pipeline(repo_dir=str(toy_project)) == []  # dvc status says nothing is stale: no task runs
     assert lock_path.read_bytes() == before
+    (toy_project / "params.yaml").write_text("prepare:\n  n: 4\n")
+    assert pipeline(repo_dir=str(toy_project)) == ["prepare", "report"]
+    assert (toy_project / "report.txt").read_text() == "4"
 
 
 def test_flow_stage_subset_rebuilds_stale_upstream(prefect_harness, toy_project: Path) -> None:
