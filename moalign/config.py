@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from moalign.annotation import Pairing
-from moalign.training.methods import METHODS
+from moalign.training.methods import METHODS, algorithm_of
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -537,7 +537,7 @@ class Params(_Section):
                              "configs/accelerate/)")
         if section.num_processes == 1:
             return self
-        if method.online and (method.algorithm or self.train.online.baseline_algorithm) == "ppo":
+        if algorithm_of(self.train.method, self.train.online) == "ppo":
             raise ValueError(f"compute.num_processes is {section.num_processes} but train.method "
                              f"{self.train.method} trains with moalign's PPO, which runs in one process; use "
                              "RLOO or Online DPO (train.online.baseline_algorithm), or 1 process")

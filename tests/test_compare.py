@@ -432,15 +432,10 @@ def test_the_params_a_method_reads_are_train_settings() -> None:
     assert METHODS["simpo"].train_params == ("beta", "gamma") and METHODS["moslim_rloo"].train_params == ()
 
 
-def test_simpo_row_shows_its_own_params_not_amopos_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simpo_row_shows_its_own_params_not_amopos_weights(isolated_mlflow: Path) -> None:
     import re
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(_tracking_utils, "_tracking_uri", None)
-    monkeypatch.setattr(_registry_utils, "_registry_uri", None)
-    monkeypatch.setattr(_fluent, "_active_experiment_id", None)
-    uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    uri = f"sqlite:///{(isolated_mlflow / 'mlflow.db').as_posix()}"
     experiment_id = tracking.configure(uri, "sweep")
     for method in ("amopo", "simpo"):
         params = _params(method, 0.8, True)

@@ -366,7 +366,8 @@ def reward_dir(untrained_reward_dir) -> Path:
 def _overfit_online(config: Params, model_dir: Path, reward_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 
-    from moalign.training.online import REWARD_LOG_KEYS, algorithm_of, train_online
+    from moalign.training.methods import algorithm_of
+    from moalign.training.online import REWARD_LOG_KEYS, train_online
     from moalign.training.runs import reward_trend
 
     rewards: list[WordReward] = []

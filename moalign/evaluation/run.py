@@ -197,8 +197,8 @@ def training_budget_of(policy_dir: Path) -> dict | None:
 def training_reward_of(policy_dir: Path, train) -> dict | None:
     """An online method's reward trend per phase (:func:`moalign.training.runs.reward_trend`) from the
     log saved beside the policy; None for offline methods and for policies made elsewhere."""
-    from moalign.training.methods import get_method
-    from moalign.training.online import REWARD_LOG_KEYS, algorithm_of
+    from moalign.training.methods import algorithm_of, get_method
+    from moalign.training.online import REWARD_LOG_KEYS
     from moalign.training.runs import FINISHED_LOG, reward_trend
 
     path = Path(policy_dir) / FINISHED_LOG

@@ -205,3 +205,10 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown train.method {name!r}; allowed: {', '.join(METHODS)}") from None
+
+
+def algorithm_of(method: str, online) -> str | None:
+    """The RL algorithm ``method`` trains with: its own, or ``train.online.baseline_algorithm`` (the
+    ``online`` section) for MORLHF and Rewarded Soups; None for an offline method."""
+    entry = get_method(method)
+    return (entry.algorithm or online.baseline_algorithm) if entry.online else None

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from moalign.data.schema import PreferenceRow
+from moalign.training.methods import algorithm_of
 from moalign.training.runs import attach_lora, claim_checkpoints, last_step, lora_config, run_phase, save_policy
 
 logger = logging.getLogger(__name__)
@@ -43,13 +44,6 @@ def training_prompts(rows: Sequence[PreferenceRow], max_prompts: int | None) -> 
     for row in rows:
         seen.setdefault(row.prompt_id, row.prompt)
     return list(seen.items())[:max_prompts]
-
-
-def algorithm_of(method: str, online) -> str:
-    """The RL algorithm ``method`` trains with: its own, or ``train.online.baseline_algorithm``."""
-    from moalign.training.methods import get_method
-
-    return get_method(method).algorithm or online.baseline_algorithm
 
 
 def tag_intensities(stats, asked: Mapping[str, Sequence[int]] | None) -> list[list[int]]:
