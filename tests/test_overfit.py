@@ -282,7 +282,7 @@ PROMPTS = [f"Question {i}?" for i in range(4)]
 
 def word_share(completion, word: str) -> float:
     """The share of ``word`` among the yes/no words of a completion (0 without any)."""
-    words = re.findall(r"yes|no", control._text(completion))
+    words = re.findall(r"yes|no", control.chat_text(completion))
     return words.count(word) / len(words) if words else 0.0
 
 
@@ -302,7 +302,7 @@ class WordReward:
 
     def __call__(self, prompts, completions, **_):
         assert len(prompts) == len(completions)
-        self.prompts.update(control._text(p) for p in prompts)
+        self.prompts.update(control.chat_text(p) for p in prompts)
         scores = [self.score(c) for c in completions]
         self.means.append(fmean(scores))
         return scores
@@ -408,6 +408,10 @@ def _overfit_online(config: Params, model_dir: Path, reward_dir: Path, tmp_path:
         logged = [entry[key] for entry in history if entry["phase"] == phase and key in entry]
         # one scoring per step, and the trainer logged what the reward gave
         assert logged == pytest.approx(reward.means, abs=1e-5), (phase, logged, reward.means)
+        # each scored step's per-prompt record (PromptRewardLog), whose mean is the step's
+        recorded = [entry["prompt_rewards"] for entry in history if entry["phase"] == phase
+                    and "prompt_rewards" in entry]
+        assert [sum(r.values()) / len(r) for r in recorded] == pytest.approx(reward.means, abs=1e-5)
         trend = [round(m, 2) for m in reward.means]
         assert len(trend) >= 8, f"{phase}: {len(trend)} scored steps"
         assert reward_trend(history, key)[phase]["slope"] > 0, f"{phase}: the reward fell over training: {trend}"

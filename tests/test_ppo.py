@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 PROMPTS = ["Name a colour.", "Count to three.", [{"role": "user", "content": "Say hi."}], "What is 2 + 2?"]
 
 
-def short_is_good(prompts, completions):
+def short_is_good(prompts, completions, **_):
     """A known reward: shorter completions score higher."""
     assert len(prompts) == len(completions)
     return [-len(c) / 10 for c in completions]
@@ -153,7 +153,7 @@ def test_a_round_moves_the_policy_towards_the_better_completions(tiny_model_dir,
     monkeypatch.setattr(ppo, "sample_completions", recording)
     scores = []
 
-    def reward(prompts, completions):
+    def reward(prompts, completions, **_):
         scores.extend(sign * len(c) for c in completions)
         return scores[-len(completions):]
 
@@ -185,7 +185,7 @@ def test_resume_continues_from_the_newest_checkpoint(tiny_model_dir, tmp_path):
     settings = PPOSettings(learning_rate=1e-3, epochs=1, batch_size=2, max_new_tokens=4, save_steps=1)
     calls = []
 
-    def reward(prompts, completions):
+    def reward(prompts, completions, **_):
         calls.append(list(completions))
         return short_is_good(prompts, completions)
 
@@ -229,7 +229,7 @@ def test_a_missing_score_names_the_completion(tiny_model_dir, tmp_path, bad):
     policy, tokenizer = tiny(tiny_model_dir)
     settings = PPOSettings(epochs=0.5, batch_size=2, max_new_tokens=2)
     with pytest.raises(ValueError, match="completion 1"):
-        train_ppo(policy, tokenizer, PROMPTS, lambda prompts, completions: [0.0, bad], settings, tmp_path / "ppo")
+        train_ppo(policy, tokenizer, PROMPTS, lambda prompts, completions, **_: [0.0, bad], settings, tmp_path / "ppo")
 
 
 def test_lora_policy_uses_its_base_as_reference(tiny_model_dir, tmp_path, monkeypatch):

@@ -155,3 +155,61 @@ def test_training_reward_reads_an_online_policys_log(tmp_path):
     trend = training_reward_of(tmp_path, SimpleNamespace(method="moslim_ppo", online=online))
     assert trend["key"] == "score_mean" and abs(trend["phases"]["moslim_ppo"]["slope"] - 0.1) < 1e-9
     assert training_reward_of(tmp_path, SimpleNamespace(method="amopo", online=online)) is None
+
+
+def test_within_prompt_trend_sees_a_rise_that_prompt_difficulty_hides():
+    import random
+
+    from moalign.training.runs import reward_trend
+
+    rng = random.Random(1)
+    difficulty = {f"p{i}": rng.gauss(0, 1.0) for i in range(12)}  # prompts differ far more than the rise
+    history = []
+    for step in range(1, 31):
+        drawn = rng.sample(sorted(difficulty), 3)
+        rewards = {p: difficulty[p] + 0.01 * step + rng.gauss(0, 0.05) for p in drawn}
+        history.append({"phase": "rloo", "step": step, "reward": sum(rewards.values()) / 3})
+        history.append({"phase": "rloo", "step": step, "prompt_rewards": rewards})
+    trend = reward_trend(history, "reward")["rloo"]
+    assert trend["ci95"][0] < 0 < trend["ci95"][1]  # the step means cannot tell
+    within = trend["within_prompt"]
+    assert 0 < within["ci95"][0] < 0.01 < within["ci95"][1] and within["prompts"] == 12
+    assert within["observations"] == 90
+
+
+def test_within_prompt_trend_needs_repeated_prompts():
+    from moalign.training.runs import within_prompt_trend
+
+    once = [(f"p{i}", float(i), 1.0) for i in range(5)]
+    assert within_prompt_trend(once) == {"slope": None, "ci95": None, "observations": 0, "prompts": 0}
+    flat = [(p, float(s), {"a": 0.0, "b": 1.0}[p] + 0.1 * (-1) ** s) for p in "ab" for s in range(1, 9)]
+    low, high = within_prompt_trend(flat)["ci95"]
+    assert low < 0 < high
+
+
+def test_prompt_reward_log_keeps_each_steps_newest_attempt(tmp_path):
+    from types import SimpleNamespace
+
+    from moalign.training.online import PromptRewardLog, prompt_key, prompt_reward_entries
+
+    path = tmp_path / "prompt_rewards.jsonl"
+
+    def reward(prompts, completions, **_):
+        return [float(len(c)) for c in completions]
+
+    first = PromptRewardLog(reward, path)
+    assert first.__name__ == "reward"
+    for step in (0, 1):  # TRL passes the state before the step it trains
+        assert first(prompts=["a", "a", "b"], completions=["x", "xxx", "xx"],
+                     trainer_state=SimpleNamespace(global_step=step)) == [1.0, 3.0, 2.0]
+    # a crash after step 2, a resume from step 1's checkpoint: step 2 is scored again, differently
+    with path.open("a") as handle:
+        handle.write('{"attempt": 1, "st')  # torn by the crash
+    resumed = PromptRewardLog(reward, path)
+    resumed(prompts=[[{"role": "user", "content": "a"}]], completions=["xxxxx"], step=2)
+    entries = prompt_reward_entries(path, "rloo", step_offset=10)
+    assert entries == [
+        {"phase": "rloo", "step": 11, "prompt_rewards": {prompt_key("a"): 2.0, prompt_key("b"): 2.0}},
+        {"phase": "rloo", "step": 12, "prompt_rewards": {prompt_key("a"): 5.0}},
+    ]
+    assert prompt_reward_entries(tmp_path / "missing.jsonl", "rloo", 0) == []

@@ -49,6 +49,11 @@ def print_summary(results: dict, dimensions: Sequence[str]) -> None:
         interval = "—" if fit["ci95"] is None else f"{fit['slope']:+.4f} per step [{fit['ci95'][0]:+.4f}, {fit['ci95'][1]:+.4f}]"
         console.print(f"training reward ({trend['key']}, {phase}): {fit['first']:.3f} → {fit['last']:.3f} "
                       f"over {fit['steps']} logged steps, slope {interval}", markup=False)
+        within = fit.get("within_prompt") or {}
+        if within.get("ci95"):
+            console.print(f"  within prompt ({within['prompts']} prompts scored more than once): slope "
+                          f"{within['slope']:+.4f} per step [{within['ci95'][0]:+.4f}, {within['ci95'][1]:+.4f}]",
+                          markup=False)
 
 
 def _benchmark_rows(results: dict, dimensions: Sequence[str]) -> list[tuple[str, ...]]:

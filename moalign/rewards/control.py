@@ -90,7 +90,7 @@ def target_classes(
     return targets, stripped
 
 
-def _text(item: Any) -> str:
+def chat_text(item: Any) -> str:
     """A prompt or completion as text: TRL passes strings, or chat messages when the dataset is
     conversational (the prompt's last user turn; the completion's content)."""
     if isinstance(item, str):
@@ -130,9 +130,9 @@ class MappedReward(_RewardModelReward):
         self.stats = stats
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        targets, stripped = target_classes([_text(p) for p in prompts], self.dimensions, self.n_classes)
+        targets, stripped = target_classes([chat_text(p) for p in prompts], self.dimensions, self.n_classes)
         # the reward model was trained on untagged prompts: it judges the answer to the task itself
-        probs = self._probabilities(stripped, [_text(c) for c in completions])
+        probs = self._probabilities(stripped, [chat_text(c) for c in completions])
         return [float(r) for r in self.stats.rewards(probs, targets)]
 
 
@@ -157,6 +157,6 @@ class ScalarisedReward(_RewardModelReward):
         self.weights = torch.tensor([w / sum(weights) for w in weights], dtype=torch.float32)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        probs = self._probabilities([_text(p) for p in prompts], [_text(c) for c in completions])
+        probs = self._probabilities([chat_text(p) for p in prompts], [chat_text(c) for c in completions])
         per_head = torch.stack([expected_intensity(p.float().cpu()) for p in probs], dim=1)
         return [float(r) for r in per_head @ self.weights]

@@ -22,13 +22,19 @@ baselines used PPO). Checkpoints resume like the offline methods; the final poli
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from moalign.data.schema import PreferenceRow
+from moalign.launch import is_main_process
 from moalign.training.methods import algorithm_of
 from moalign.training.runs import attach_lora, claim_checkpoints, last_step, lora_config, run_phase, save_policy
 
@@ -36,6 +42,79 @@ logger = logging.getLogger(__name__)
 
 #: where each algorithm's trainer logs a step's mean reward-model score (before the KL penalty)
 REWARD_LOG_KEYS = {"rloo": "reward", "online_dpo": "objective/scores", "ppo": "score_mean"}
+PROMPT_REWARDS = "prompt_rewards.jsonl"  # in a phase's checkpoint folder: PromptRewardLog's records
+
+
+class PromptRewardLog:
+    """A reward callable that also records, for every scored batch, each prompt's mean reward and the
+    optimizer step it trains, appended to ``path`` (JSON lines).
+
+    A step's logged mean reward mixes the trend with which prompts the step happened to draw; with
+    each prompt's rewards over the run, :func:`moalign.training.runs.reward_trend` can separate the two.
+    The step is the trainer's (``trainer_state``, as TRL passes it), or ``step`` (moalign's PPO).
+    Every construction starts a new ``attempt``: a resumed run rescores the steps after its
+    checkpoint, and the reader keeps each step's newest attempt.
+    """
+
+    def __init__(self, reward: Callable[..., Sequence[float]], path: Path):
+        self.reward, self.path = reward, Path(path)
+        self.__name__ = getattr(reward, "__name__", "reward")  # TRL logs rewards under this name
+        self.attempt = 1 + max((record["attempt"] for record in _records(self.path)), default=0)
+        if self.path.is_file() and not self.path.read_bytes().endswith(b"\n"):
+            with self.path.open("a") as handle:  # end a line torn by a crash, or the next record joins it
+                handle.write("\n")
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        from moalign.rewards.control import chat_text
+
+        rewards = list(self.reward(prompts=prompts, completions=completions, **kwargs))
+        state = kwargs.get("trainer_state")
+        step = state.global_step + 1 if state is not None else kwargs.get("step")
+        if step is not None:
+            by_prompt: dict[str, list[float]] = defaultdict(list)
+            for prompt, reward in zip(prompts, rewards, strict=True):
+                if reward is not None and math.isfinite(reward):
+                    by_prompt[prompt_key(chat_text(prompt))].append(float(reward))
+            record = {"attempt": self.attempt, "step": int(step),
+                      "rewards": {key: sum(values) / len(values) for key, values in by_prompt.items()}}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return rewards
+
+
+def prompt_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    # a crash mid-write leaves at most a torn last line: it is the one record that is skipped
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def prompt_reward_entries(path: Path, phase: str, step_offset: int) -> list[dict]:
+    """History entries ``{"phase", "step", "prompt_rewards": {prompt key: mean reward}}`` from a
+    :class:`PromptRewardLog` file: per step the newest attempt's records, merged."""
+    newest: dict[int, tuple[int, dict[str, list[float]]]] = {}
+    for record in _records(Path(path)):
+        attempt, merged = newest.get(record["step"], (0, {}))
+        if record["attempt"] > attempt:
+            attempt, merged = record["attempt"], {}
+        if record["attempt"] == attempt:
+            for key, value in record["rewards"].items():
+                merged.setdefault(key, []).append(value)
+            newest[record["step"]] = (attempt, merged)
+    return [{"phase": phase, "step": step_offset + step,
+             "prompt_rewards": {key: sum(v) / len(v) for key, v in rewards.items()}}
+            for step, (_, rewards) in sorted(newest.items())]
 
 
 def training_prompts(rows: Sequence[PreferenceRow], max_prompts: int | None) -> list[tuple[str, str]]:
@@ -253,7 +332,10 @@ def train_online(
     for name, reward in phases:
         phase_dir = checkpoint_dir if len(phases) == 1 else checkpoint_dir / name
 
-        def run(forward, reward=reward, phase_dir=phase_dir):
+        step_offset = last_step(history)
+        recorded = PromptRewardLog(reward, phase_dir / PROMPT_REWARDS) if is_main_process() else reward
+
+        def run(forward, reward=recorded, phase_dir=phase_dir):
             nonlocal tokenizer
             # every phase starts from the starting policy: soup ingredients are independent fine-tunes
             model, tokenizer = load_model_and_tokenizer(model_dir, dtype)
@@ -267,6 +349,7 @@ def train_online(
         # a soup keeps every ingredient: a rerun reloads the finished ones instead of training them again
         model = run_phase(name, phase_dir, history, run, on_log=on_log, keep=len(phases) > 1,
                           dtype=resolve_dtype(dtype))
+        history.extend(prompt_reward_entries(phase_dir / PROMPT_REWARDS, name, step_offset))
         if len(phases) > 1:
             policies.append({key: value.detach().cpu() for key, value in model.state_dict().items()})
 

@@ -252,9 +252,10 @@ def completion_logprobs(
     return logprobs, value_head(hidden)
 
 
-def score_completions(reward_fn: Callable[..., Sequence[float]], prompts, completions: list[str]) -> torch.Tensor:
-    """``reward_fn(prompts=..., completions=...)`` (TRL's reward-callable convention), checked."""
-    scores = reward_fn(prompts=list(prompts), completions=list(completions))
+def score_completions(reward_fn: Callable[..., Sequence[float]], prompts, completions: list[str],
+                      **kwargs) -> torch.Tensor:
+    """``reward_fn(prompts=..., completions=..., **kwargs)`` (TRL's reward-callable convention), checked."""
+    scores = reward_fn(prompts=list(prompts), completions=list(completions), **kwargs)
     scores = list(scores) if scores is not None else []
     if len(scores) != len(completions):
         raise ValueError(f"reward_fn returned {len(scores)} scores for {len(completions)} completions")
@@ -383,7 +384,8 @@ def train_ppo(
     on_log: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Optimise ``policy`` (a transformers causal LM, or a peft model with LoRA adapters) with PPO on
-    ``reward_fn(prompts=..., completions=...) -> list[float]``, in place; return the log history.
+    ``reward_fn(prompts=..., completions=..., step=...) -> list[float]`` (TRL's convention: accept
+    ``**kwargs``), in place; return the log history.
 
     The KL reference is ``reference`` if given; else, for a peft policy, the policy with its adapters
     disabled; else a frozen copy of the policy as it enters. Each round samples one completion for
@@ -427,7 +429,7 @@ def train_ppo(
         batch_prompts = [prompts[i] for i in chosen]
         torch.manual_seed(settings.seed * 1_000_003 + round_index)  # each round's samples are reproducible
         rollout = sample_completions(policy, tokenizer, batch_prompts, settings)
-        scores = score_completions(reward_fn, batch_prompts, rollout.texts).to(device)
+        scores = score_completions(reward_fn, batch_prompts, rollout.texts, step=round_index + 1).to(device)
         ids, attention, width, mask = rollout.input_ids, rollout.attention_mask, rollout.prompt_width, rollout.mask
 
         with torch.no_grad():

@@ -110,17 +110,22 @@ def reward_trend(history: list[dict], key: str) -> dict[str, dict] | None:
     mean as the trend plus independent noise, which holds while every step samples fresh prompts and
     completions. A slope whose interval lies above 0 says the reward rose, not a visual guess from a
     noisy curve. Phases with fewer than 3 logged steps get no interval (None); no entry with ``key``
-    gives None.
+    gives None. Where the history has per-prompt rewards (``prompt_rewards`` entries, from
+    :class:`moalign.training.online.PromptRewardLog`), the phase also gets ``within_prompt``:
+    :func:`within_prompt_trend` on them.
     """
     from scipy import stats
 
     series: dict[str, tuple[list[float], list[float]]] = {}
+    per_prompt: dict[str, list[tuple[str, float, float]]] = {}
     for entry in history:
         value = entry.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value) and "step" in entry:
             steps, values = series.setdefault(str(entry.get("phase")), ([], []))
             steps.append(float(entry["step"]))
             values.append(float(entry[key]))
+        for prompt, reward in (entry.get("prompt_rewards") or {}).items():
+            per_prompt.setdefault(str(entry.get("phase")), []).append((prompt, float(entry["step"]), reward))
     if not series:
         return None
     trends = {}
@@ -130,8 +135,47 @@ def reward_trend(history: list[dict], key: str) -> dict[str, dict] | None:
             fit = stats.linregress(steps, values)
             half = float(stats.t.ppf(0.975, len(steps) - 2)) * fit.stderr
             trend.update(slope=float(fit.slope), ci95=[float(fit.slope - half), float(fit.slope + half)])
+        if phase in per_prompt:
+            trend["within_prompt"] = within_prompt_trend(per_prompt[phase])
         trends[phase] = trend
     return trends
+
+
+def within_prompt_trend(observations: list[tuple[str, float, float]]) -> dict:
+    """The reward's slope over steps with a fixed effect per prompt, from ``(prompt, step, mean
+    reward)`` observations: ``{"slope", "ci95", "observations", "prompts"}``.
+
+    Each prompt is compared with itself at other steps (step and reward centred within the prompt,
+    then one OLS slope), so how hard the prompts a step drew were, the largest part of a step
+    mean's noise when a step scores a few prompts, drops out. The interval is the t-interval with
+    the degrees of freedom the prompt means used up. Hand-written because the estimator is these few
+    lines; statsmodels would be a dependency for one regression. Prompts seen once tell nothing
+    about a trend and are left out; ``slope`` and ``ci95`` are None with too few repeats.
+    """
+    from scipy import stats
+
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for prompt, step, reward in observations:
+        if math.isfinite(reward):
+            groups.setdefault(prompt, []).append((step, reward))
+    x, y = [], []
+    for points in groups.values():
+        if len(points) < 2:
+            continue
+        mean_step = sum(step for step, _ in points) / len(points)
+        mean_reward = sum(reward for _, reward in points) / len(points)
+        x += [step - mean_step for step, _ in points]
+        y += [reward - mean_reward for _, reward in points]
+    repeated = sum(len(points) >= 2 for points in groups.values())
+    result = {"slope": None, "ci95": None, "observations": len(x), "prompts": repeated}
+    dof = len(x) - repeated - 1
+    sxx = sum(v * v for v in x)
+    if dof < 1 or sxx == 0:
+        return result
+    slope = sum(a * b for a, b in zip(x, y, strict=True)) / sxx
+    residual = sum((b - slope * a) ** 2 for a, b in zip(x, y, strict=True))
+    half = float(stats.t.ppf(0.975, dof)) * math.sqrt(residual / dof / sxx)
+    return {**result, "slope": slope, "ci95": [slope - half, slope + half]}
 
 
 def run_phase(

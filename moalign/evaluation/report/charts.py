@@ -442,6 +442,12 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> Figure:
                 ax.plot(ends, [mean_value + fit["slope"] * (x - mean_step) for x in ends], color=color,
                         linewidth=1.2, linestyle="--",
                         label=f"trend {fit['slope']:+.3g}/step [{fit['ci95'][0]:+.2g}, {fit['ci95'][1]:+.2g}]")
+                within = fit.get("within_prompt") or {}
+                if within.get("slope") is not None:
+                    ax.plot(ends, [mean_value + within["slope"] * (x - mean_step) for x in ends], color=color,
+                            linewidth=1.2, linestyle=":",
+                            label=f"within prompt {within['slope']:+.3g}/step "
+                                  f"[{within['ci95'][0]:+.2g}, {within['ci95'][1]:+.2g}]")
         if margin and key == reward_key:
             ax.axhline(0, color="black", linewidth=0.8, linestyle=":")
         ax.set_xlabel("step")
