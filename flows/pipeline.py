@@ -10,7 +10,10 @@ Run locally (Prefect starts a temporary API server by itself, nothing to start b
     python -m flows.pipeline --stage train_policy --stage evaluate
     python -m flows.pipeline --help
 
-Deployment: see ``prefect.yaml`` (work pool ``moalign-cpu``, type process).
+Deployments: see ``prefect.yaml``. With ``gpu_deployment`` set, the training stages are handed to
+that deployment (the ``moalign-gpu`` work pool): the flow pushes its outputs to the DVC remote, runs
+:func:`remote_stage` there through ``run_deployment`` and waits, then pulls the stage's outputs
+and its ``dvc.lock`` entry back (``flows.workspace``, ``docs/remote.md``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import MissingContextError  # noqa: E402
 
-__all__ = ["StageFailedError", "pipeline", "retrain_on_new_data", "run_stage", "stage_names"]
+from flows.workspace import stage_env  # noqa: E402
+
+__all__ = ["StageFailedError", "hand_off_stage", "pipeline", "remote_stage", "retrain_on_new_data", "run_stage",
+           "stage_names"]
 
 TAIL_LINES = 40
 
@@ -86,21 +92,14 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(__name__)
 
 
-def _stage_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Stage commands say `python ...`: make that this interpreter (the project venv) even when the
-    # venv is not activated, e.g. under a Prefect process worker.
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")]) if env.get("PATH") else bin_dir
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    return env
-
-
 # Retries: only the stages that talk to networks (an LLM judge endpoint, an MLflow server) get one,
 # for a dropped connection or an overloaded endpoint; DVC makes it cheap, since whatever finished is
 # in dvc.lock and the cache. A training stage is not retried: its failure is a bug or a lost GPU,
 # and a rerun resumes from its checkpoints anyway.
 NETWORK_STAGES = frozenset({"annotate", "evaluate", "register"})
+
+# The stages worth an accelerator: with a gpu_deployment they run on the GPU work pool.
+TRAINING_STAGES = frozenset({"train_reward", "train_policy"})
 
 
 # NO_CACHE: never let Prefect skip a stage from its own cache; deciding what is up to date is DVC's
@@ -128,7 +127,7 @@ def run_stage(stage: str, repo_dir: str) -> str:
     with subprocess.Popen(
         command,
         cwd=repo_dir,
-        env=_stage_env(),
+        env=stage_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -154,12 +153,40 @@ def run_stage(stage: str, repo_dir: str) -> str:
     return stage
 
 
+@task(name="hand-off", task_run_name="hand-off-{stage}", cache_policy=NO_CACHE, persist_result=False)
+def hand_off_stage(stage: str, repo_dir: str, deployment: str) -> str:
+    """Run ``stage`` as a run of ``deployment`` (:func:`remote_stage` on another work pool) and take
+    its outputs back: push this workspace's outputs, hand over the upstream ``dvc.lock`` entries,
+    the git commit and the remote's address, wait, then pull what the stage made."""
+    from prefect.deployments import run_deployment
+
+    from flows import workspace
+    from moalign.registry import git_commit
+
+    root = Path(repo_dir)
+    workspace.push(root)
+    parameters = {
+        "stage": stage,
+        "upstream": workspace.lock_entries(root, workspace.upstream_stages(root, stage)),
+        "commit": git_commit(root),
+        "remote_url": workspace.remote_url(root),
+    }
+    _logger().info("handing %s to %s (commit %s)", stage, deployment, parameters["commit"])
+    run = run_deployment(deployment, parameters=parameters)
+    state = run.state
+    if state is None or not state.is_completed():
+        reason = "no state" if state is None else f"{state.name}: {state.message or ''}"
+        raise StageFailedError(stage, 1, f"flow run {run.name} of {deployment} ended {reason}")
+    workspace.receive(root, state.result())
+    return stage
+
+
 def _anything_stale(root: Path, stages: Sequence[str] | None) -> bool:
     """Whether DVC would run anything for ``stages`` (all when None) and their upstream. One ``dvc
     status`` (about a second) instead of a ``dvc repro`` task per stage keeps a scheduled no-op run
     cheap; when in doubt (status fails), run."""
     command = [sys.executable, "-m", "dvc", "status", "--json", *(["--with-deps", *stages] if stages else [])]
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=_stage_env())
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=stage_env())
     try:
         return result.returncode != 0 or bool(json.loads(result.stdout or "{}"))
     except json.JSONDecodeError:
@@ -167,11 +194,13 @@ def _anything_stale(root: Path, stages: Sequence[str] | None) -> bool:
 
 
 @flow(name="moalign-pipeline")
-def pipeline(repo_dir: str = ".", stages: list[str] | None = None) -> list[str]:
+def pipeline(repo_dir: str = ".", stages: list[str] | None = None, gpu_deployment: str | None = None) -> list[str]:
     """Run the DVC stages of ``repo_dir`` in pipeline order; return the names of the stages run.
 
     ``stages`` selects a subset (still run in ``dvc.yaml`` order); default: every stage. DVC skips
-    stages whose deps, params and outs are unchanged, so a rerun is cheap.
+    stages whose deps, params and outs are unchanged, so a rerun is cheap. ``gpu_deployment``
+    (``"moalign-remote-stage/moalign-train-on-gpu"``) hands the training stages that are stale to
+    that deployment instead of running them here.
     """
     root = Path(repo_dir).resolve()
     order = stage_names(root)
@@ -189,14 +218,32 @@ def pipeline(repo_dir: str = ".", stages: list[str] | None = None) -> list[str]:
     logger.info("stages to run: %s", ", ".join(selected))
     done: list[str] = []
     for stage in selected:
+        if gpu_deployment and stage in TRAINING_STAGES:
+            if _anything_stale(root, [stage]):
+                hand_off_stage(stage, str(root), gpu_deployment)
+                done.append(stage)
+            continue
         task_for_stage = run_stage if stage in NETWORK_STAGES else run_stage.with_options(retries=0)
         task_for_stage(stage, str(root))
         done.append(stage)
     return done
 
 
+# persist_result: the caller (hand_off_stage) reads the returned dvc.lock entries from the flow run's
+# result; across machines that needs result storage both can reach (docs/remote.md).
+@flow(name="moalign-remote-stage", persist_result=True)
+def remote_stage(stage: str, upstream: dict, commit: str | None = None, remote_url: str | None = None,
+                 repo_dir: str = ".") -> dict:
+    """One stage in this worker's workspace (``repo_dir``): check out ``commit``, take the upstream
+    ``dvc.lock`` entries and their outputs from the DVC remote, ``dvc repro`` the stage alone, push its
+    outputs; returns its ``dvc.lock`` entry (:func:`flows.workspace.run_stage_here`)."""
+    from flows import workspace
+
+    return workspace.run_stage_here(Path(repo_dir).resolve(), stage, upstream, commit=commit, remote_url=remote_url)
+
+
 @flow(name="moalign-retrain-on-new-data")
-def retrain_on_new_data(repo_dir: str = ".") -> list[str]:
+def retrain_on_new_data(repo_dir: str = ".", gpu_deployment: str | None = None) -> list[str]:
     """The scheduled entry point: run :func:`pipeline` only when the DVC-tracked data (``data.dvc``)
     differs from the data the MLflow champion was trained on (its ``data_hash`` tag); otherwise do
     nothing. With no champion yet, it runs."""
@@ -213,7 +260,7 @@ def retrain_on_new_data(repo_dir: str = ".") -> list[str]:
                        register.model_name)
         return []
     _logger().info("data %s, champion trained on %s: running the pipeline", current, served or "nothing yet")
-    return pipeline(repo_dir=str(root))
+    return pipeline(repo_dir=str(root), gpu_deployment=gpu_deployment)
 
 
 def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -236,6 +283,13 @@ def _parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help="run only this stage (repeatable; run in dvc.yaml order); default: all stages",
     )
+    parser.add_argument(
+        "--gpu-deployment",
+        metavar="FLOW/DEPLOYMENT",
+        help="hand the training stages to this Prefect deployment (e.g. moalign-remote-stage/moalign-train-on-gpu, "
+        "served by a worker of the moalign-gpu pool; needs PREFECT_API_URL and a DVC remote both reach); "
+        "default: run them here",
+    )
     parser.add_argument("--list", action="store_true", help="print the stage names in order and exit")
     return parser.parse_args(argv)
 
@@ -245,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print("\n".join(stage_names(args.repo_dir)))
         return 0
-    pipeline(repo_dir=args.repo_dir, stages=args.stages)
+    pipeline(repo_dir=args.repo_dir, stages=args.stages, gpu_deployment=args.gpu_deployment)
     return 0
 
 

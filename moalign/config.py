@@ -378,8 +378,17 @@ class EvaluateParams(_Section):
         return self
 
 
+#: A team's MLflow server, from the environment this process started with: it replaces
+#: register.tracking_uri (server mode needs no edit of params.yaml). Read once, at import: MLflow sets
+#: the variable itself whenever a process picks a store, and that choice must not read as the user's.
+SERVER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
 class RegisterParams(_Section):
-    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow backend store.")
+    tracking_uri: str = Field(
+        "sqlite:///mlflow.db",
+        description="MLflow backend store; the environment's MLFLOW_TRACKING_URI (a tracking server) replaces it.",
+    )
     experiment: str = "moalign"
     model_name: str = Field("moalign-policy", min_length=1)
     promote: Literal["manual", "auto"] = Field(
@@ -393,6 +402,11 @@ class RegisterParams(_Section):
         description="Per dimension, how far (in mean judge score, 1-5) a new champion may fall below the "
         "starting model and the current champion; a dimension not named may not fall at all (0).",
     )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _server_from_environment(cls, value: str) -> str:
+        return SERVER_TRACKING_URI or value
 
     @field_validator("max_regression")
     @classmethod

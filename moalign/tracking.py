@@ -272,7 +272,17 @@ def _param_entities(params: Mapping[str, Any]) -> list[Param]:
     dropped = sorted(key for key in flat_params if is_secret_key(key))
     if dropped:
         _logger.info("not logging %d secret-looking params: %s", len(dropped), ", ".join(dropped))
-    return [Param(_metric_key(key), value[:_MAX_PARAM_VALUE]) for key, value in flat_params.items() if key not in dropped]
+    return [Param(_metric_key(key), redact_url_password(value)[:_MAX_PARAM_VALUE])
+            for key, value in flat_params.items() if key not in dropped]
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s:/@]*):[^\s@/]*@")
+
+
+def redact_url_password(value: str) -> str:
+    """``value`` with the password of any URL in it masked: a tracking server or judge endpoint may
+    be given as ``postgresql://user:secret@host/db``, and the key names no credential."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -98,3 +98,12 @@ def test_a_pasted_api_key_is_refused_without_being_echoed():
 def test_train_seed_defaults_to_the_top_level_seed():
     assert Params.model_validate({"seed": 3}).train_seed == 3
     assert Params.model_validate({"seed": 3, "train": {"seed": 7}}).train_seed == 7
+
+
+def test_a_tracking_server_in_the_environment_replaces_the_sqlite_store(monkeypatch):
+    import moalign.config as config
+
+    assert load_params(ROOT / "params.yaml").register_.tracking_uri == "sqlite:///mlflow.db"
+    # what the variable held when moalign was imported (MLflow later sets it itself)
+    monkeypatch.setattr(config, "SERVER_TRACKING_URI", "http://127.0.0.1:5000")
+    assert load_params(ROOT / "params.yaml").register_.tracking_uri == "http://127.0.0.1:5000"

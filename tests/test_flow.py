@@ -53,14 +53,6 @@ def _make_dvc_project(path: Path, dvc_yaml: str = TOY_DVC_YAML, n: int = 3) -> P
     return path
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
 def toy_project(tmp_path: Path) -> Path:
     return _make_dvc_project(tmp_path / "toy")
@@ -113,19 +105,25 @@ def test_cli_arguments(toy_project: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "--stage" in capsys.readouterr().out
 
 
-def test_prefect_yaml_declares_the_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefect_yaml_declares_the_deployments_and_pools(monkeypatch: pytest.MonkeyPatch) -> None:
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    deployment, scheduled = config["deployments"]
+    deployment, scheduled, gpu = config["deployments"]
     assert deployment["entrypoint"] == "flows/pipeline.py:pipeline"
-    assert deployment["work_pool"]["name"] == "moalign-cpu"
+    assert deployment["work_pool"]["name"] == scheduled["work_pool"]["name"] == "moalign-cpu"
     assert "schedules" not in deployment  # run on demand; the scheduled deployment checks the data first
     assert scheduled["entrypoint"] == "flows/pipeline.py:retrain_on_new_data"
     assert [s["active"] for s in scheduled["schedules"]] == [True] and scheduled["schedules"][0]["cron"]
+    # the training stages go to the GPU pool, one at a time
+    assert gpu["entrypoint"] == "flows/pipeline.py:remote_stage"
+    assert gpu["work_pool"]["name"] == "moalign-gpu" and gpu["concurrency_limit"] == 1
+    target = f"moalign-remote-stage/{gpu['name']}"
+    assert deployment["parameters"]["gpu_deployment"] == scheduled["parameters"]["gpu_deployment"] == target
 
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.chdir(ROOT)  # entrypoints are relative to the project root, as for `prefect deploy`
-    for entry, name in ((deployment, "moalign-pipeline"), (scheduled, "moalign-retrain-on-new-data")):
+    for entry, name in ((deployment, "moalign-pipeline"), (scheduled, "moalign-retrain-on-new-data"),
+                        (gpu, "moalign-remote-stage")):
         flow = load_flow_from_entrypoint(entry["entrypoint"])
         assert flow.name == name
         assert set(entry["parameters"]) <= set(flow.parameters.properties)
@@ -135,7 +133,7 @@ def test_prefect_yaml_declares_the_deployment(monkeypatch: pytest.MonkeyPatch) -
     except ImportError:
         return
     model = PrefectYamlModel.model_validate(config)
-    assert model.deployments[0].work_pool.name == "moalign-cpu"
+    assert [d.work_pool.name for d in model.deployments] == ["moalign-cpu", "moalign-cpu", "moalign-gpu"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,7 +221,7 @@ def test_retrain_on_new_data_runs_only_when_the_data_differs_from_the_champions(
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     (project / "data.dvc").write_text("outs:\n- md5: aaa.dir\n  path: data/task\n")
     runs: list[str] = []
-    monkeypatch.setattr(pipeline_module, "pipeline", lambda repo_dir: runs.append(repo_dir) or ["all"])
+    monkeypatch.setattr(pipeline_module, "pipeline", lambda repo_dir, gpu_deployment=None: runs.append(repo_dir) or ["all"])
 
     assert retrain_on_new_data.fn(str(project)) == ["all"]  # no store, no champion: run
     uri = f"sqlite:///{project / 'mlflow.db'}"

@@ -28,6 +28,9 @@ def _env() -> dict[str, str]:
     # the stages' `python` and `dvc` must be this interpreter's, whatever PATH the runner has
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["HF_HUB_OFFLINE"] = "1"
+    # MLflow sets this in the test process once any test picks a store; the stages would take it
+    # for a team's tracking server (moalign.config.SERVER_TRACKING_URI) and log to that test's store
+    env.pop("MLFLOW_TRACKING_URI", None)
     env.setdefault("GIT_AUTHOR_NAME", "moalign-test")
     env.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
     env.setdefault("GIT_COMMITTER_NAME", "moalign-test")
@@ -51,14 +54,9 @@ def _project_files() -> list[str]:
     return [f for f in listed if not f.startswith(generated) and (ROOT / f).is_file()]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("moalign")
-    for name in _project_files():
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+def _smoke_params(project: Path) -> None:
+    """Size ``<project>/params.yaml`` for a smoke run: the tiny random Llama, few prompts, short training."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"]["source"] = "tiny-random-llama"
     params["annotate"].update(n_train_prompts=40, n_eval_prompts=8, max_new_tokens=12, candidates_per_prompt=4)
     params["evaluate"].update(n_prompts=6, max_new_tokens=12)
@@ -68,7 +66,17 @@ def project(tmp_path_factory) -> Path:
     params["train"]["online"].update(max_prompts=4, num_generations=2, max_completion_length=8)
     # random-token answers are mostly tied, so few pairs survive; the gate must not trip on a tiny set
     params["validate"]["max_quarantine_fraction"] = 1.0
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("moalign")
+    for name in _project_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    _smoke_params(dest)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "copy for the end-to-end test"], dest)

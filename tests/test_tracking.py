@@ -129,6 +129,17 @@ def test_token_counts_are_not_secrets(key: str) -> None:
     assert not is_secret_key(key)
 
 
+def test_passwords_in_urls_are_masked_before_logging() -> None:
+    from moalign.tracking import _param_entities, redact_url_password
+
+    assert redact_url_password("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
+    assert redact_url_password("http://user:p%40ss@host/api and https://h/x") == "http://user:***@host/api and https://h/x"
+    for clean in ("sqlite:///mlflow.db", "http://127.0.0.1:5000", "https://user@host/v1", "a:b@c"):
+        assert redact_url_password(clean) == clean
+    logged = {p.key: p.value for p in _param_entities({"register": {"tracking_uri": "http://u:pw@mlflow:5000"}})}
+    assert logged == {"register.tracking_uri": "http://u:***@mlflow:5000"}
+
+
 # --------------------------------------------------------------------------------------------------
 # the run lifecycle
 # --------------------------------------------------------------------------------------------------
