@@ -69,9 +69,9 @@ def _smoke_params(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("moalign")
+def smoke_project(dest: Path, purpose: str) -> Path:
+    """A committed copy of the repository in ``dest``, sized by :func:`_smoke_params`, with the task
+    data generated as `make data` does on a fresh clone."""
     for name in _project_files():
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +79,14 @@ def project(tmp_path_factory) -> Path:
     _smoke_params(dest)
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "copy for the end-to-end test"], dest)
-    # what `make data` does on a fresh clone
+    run(["git", "commit", "-qm", f"copy for {purpose}"], dest)
     run([sys.executable, "-m", "moalign.data.synthetic", "--out", "data/task"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    dest = smoke_project(tmp_path_factory.mktemp("moalign"), "the end-to-end test")
     run([sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dest)], dest)
     return dest
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline_e2e import ROOT, _env, _project_files, _smoke_params, run
+from tests.test_pipeline_e2e import _env, run, smoke_project
 
 pytestmark = pytest.mark.integration
 
@@ -187,26 +186,12 @@ def _call(args: list[str], cwd: Path, env: dict[str, str], processes: Processes)
 # --------------------------------------------------------------------------------------------------
 
 
-def _project(dest: Path) -> Path:
-    """A committed copy of the repository with the tiny model and its generated task data."""
-    for name in _project_files():
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-    _smoke_params(dest)
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "copy for the server-mode test"], dest)
-    run([sys.executable, "-m", "moalign.data.synthetic", "--out", "data/task"], dest)
-    return dest
-
-
 def test_pipeline_runs_on_prefect_and_mlflow_servers(databases, processes, tmp_path):
     from mlflow import MlflowClient
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    project = _project(tmp_path / "project")
+    project = smoke_project(tmp_path / "project", "the server-mode test")
     gpu_clone = tmp_path / "gpu-clone"
     artifact_root = tmp_path / "mlartifacts"
     prefect_home = tmp_path / "prefect-home"

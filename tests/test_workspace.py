@@ -357,26 +357,23 @@ def test_a_worker_refuses_to_check_out_over_uncommitted_work(toy_origin: Path) -
 # --------------------------------------------------------------------------------------------------
 
 
+# slow (-m slow): tests/test_servers.py covers the same hand-off of the real pipeline in the default
+# run (its GPU worker trains in a clone of its own), where PostgreSQL is reachable; this one needs no
+# server and runs the stages directly, about 90 s on 2 cores
 @pytest.mark.integration
+@pytest.mark.slow
 def test_train_policy_runs_in_another_clone_and_registers_in_the_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from mlflow import MlflowClient
 
-    from tests.test_pipeline_e2e import _project_files, _smoke_params, run
+    from tests.test_pipeline_e2e import run, smoke_project
 
     # the stages must log to each clone's own store, never to a tracking server a test may have set
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.monotonic()
-    origin = tmp_path / "origin"
-    for name in _project_files():
-        (origin / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, origin / name)
-    _smoke_params(origin)
-    run(["git", "init", "-q"], origin)
-    run(["git", "add", "-A"], origin)
-    run(["git", "commit", "-qm", "copy for the two-clone test"], origin)
+    origin = smoke_project(tmp_path / "origin", "the two-clone test")  # its data/task is not committed
     a, b = tmp_path / "clones" / "A", tmp_path / "clones" / "B"
     for clone in (a, b):
         run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)

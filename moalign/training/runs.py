@@ -147,10 +147,12 @@ def within_prompt_trend(observations: list[tuple[str, float, float]]) -> dict:
 
     Each prompt is compared with itself at other steps (step and reward centred within the prompt,
     then one OLS slope), so how hard the prompts a step drew were, the largest part of a step
-    mean's noise when a step scores a few prompts, drops out. The interval is the t-interval with
-    the degrees of freedom the prompt means used up. Hand-written because the estimator is these few
-    lines; statsmodels would be a dependency for one regression. Prompts seen once tell nothing
-    about a trend and are left out; ``slope`` and ``ci95`` are None with too few repeats.
+    mean's noise when a step scores a few prompts, drops out. The prompts of one step share that
+    step's policy, so their errors may move together: the interval is cluster-robust by step (the
+    sandwich estimator with the usual small-sample factors, t with steps - 1 degrees of freedom).
+    Hand-written because the estimator is these few lines; statsmodels would be a dependency for one
+    regression. Prompts seen once tell nothing about a trend and are left out; ``slope`` and
+    ``ci95`` are None with fewer than 3 steps or prompts seen at one step only.
     """
     from scipy import stats
 
@@ -158,23 +160,27 @@ def within_prompt_trend(observations: list[tuple[str, float, float]]) -> dict:
     for prompt, step, reward in observations:
         if math.isfinite(reward):
             groups.setdefault(prompt, []).append((step, reward))
-    x, y = [], []
-    for points in groups.values():
-        if len(points) < 2:
-            continue
+    repeated = [points for points in groups.values() if len(points) >= 2]
+    rows = []  # (centred step, centred reward, step)
+    for points in repeated:
         mean_step = sum(step for step, _ in points) / len(points)
         mean_reward = sum(reward for _, reward in points) / len(points)
-        x += [step - mean_step for step, _ in points]
-        y += [reward - mean_reward for _, reward in points]
-    repeated = sum(len(points) >= 2 for points in groups.values())
-    result = {"slope": None, "ci95": None, "observations": len(x), "prompts": repeated}
-    dof = len(x) - repeated - 1
-    sxx = sum(v * v for v in x)
-    if dof < 1 or sxx == 0:
+        rows += [(step - mean_step, reward - mean_reward, step) for step, reward in points]
+    result = {"slope": None, "ci95": None, "observations": len(rows), "prompts": len(repeated)}
+    sxx = sum(x * x for x, _, _ in rows)
+    n, k = len(rows), len(repeated) + 1
+    if sxx == 0 or n <= k:
         return result
-    slope = sum(a * b for a, b in zip(x, y, strict=True)) / sxx
-    residual = sum((b - slope * a) ** 2 for a, b in zip(x, y, strict=True))
-    half = float(stats.t.ppf(0.975, dof)) * math.sqrt(residual / dof / sxx)
+    slope = sum(x * y for x, y, _ in rows) / sxx
+    score_by_step: dict[float, float] = {}
+    for x, y, step in rows:
+        score_by_step[step] = score_by_step.get(step, 0.0) + x * (y - slope * x)
+    clusters = len(score_by_step)
+    if clusters < 3:
+        return result
+    variance = (sum(v * v for v in score_by_step.values()) / sxx**2
+                * clusters / (clusters - 1) * (n - 1) / (n - k))
+    half = float(stats.t.ppf(0.975, clusters - 1)) * math.sqrt(variance)
     return {**result, "slope": slope, "ci95": [slope - half, slope + half]}
 
 
