@@ -1,6 +1,8 @@
 """Every method of train.method trains through the one trainer; bad numbers stop it loudly."""
 
 import dataclasses
+import logging
+import shutil
 
 import pytest
 import torch
@@ -130,7 +132,7 @@ def test_modpo_orients_pairs_by_its_primary_dimension_and_validates_weights():
         parse_params({"dimensions": {"names": DIMS}, "train": {"modpo_weights": [0.0, 1.0]}})
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path, caplog):
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
@@ -146,6 +148,12 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_policy(data, tiny_model_dir, tmp_path / "resumed", tmp_path / "ckpt-b", callbacks=[Crash()], **kwargs)
     assert (tmp_path / "ckpt-b" / "checkpoint-2").exists() and not (tmp_path / "resumed").exists()
+    # a kill while saving checkpoint-3: weights cut short, no trainer_state.json yet
+    shutil.copytree(tmp_path / "ckpt-b" / "checkpoint-2", tmp_path / "ckpt-b" / "checkpoint-3")
+    (tmp_path / "ckpt-b" / "checkpoint-3" / "trainer_state.json").unlink()
+    for weights in (tmp_path / "ckpt-b" / "checkpoint-3").glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])
+
     class Count(TrainerCallback):
         steps: list[int] = []
 
@@ -153,14 +161,36 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
             self.steps.append(state.global_step + 1)
 
     counter = Count()
-    history = train_policy(data, tiny_model_dir, tmp_path / "resumed", tmp_path / "ckpt-b", callbacks=[counter], **kwargs)
+    with caplog.at_level(logging.WARNING, logger="moalign.training.runs"):
+        history = train_policy(data, tiny_model_dir, tmp_path / "resumed", tmp_path / "ckpt-b", callbacks=[counter],
+                               **kwargs)
+    assert "checkpoint-3 is incomplete" in caplog.text
     assert counter.steps == [3, 4], "the rerun must continue from checkpoint-2, not start over"
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4]
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "model.safetensors")
     assert straight.keys() == resumed.keys()
-    for name in straight:
-        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6, msg=name)
+    for name in straight:  # bit for bit
+        assert torch.equal(resumed[name], straight[name]), name
+
+
+def test_amopo_weight_draws_do_not_depend_on_the_global_random_stream(tiny_model_dir, tmp_path):
+    """Eq. 10's Gaussian draw is keyed by step: anything else taking random numbers (a resume that
+    restores the global stream elsewhere, a callback, a data loader) leaves the training unchanged."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class TakeRandomNumbers(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            torch.rand(17)
+
+    config = params("amopo", epochs=1, save_steps=100)
+    kwargs = dict(train=config.train, dimensions=config.dimensions)
+    train_policy(rows(4), tiny_model_dir, tmp_path / "plain", tmp_path / "ckpt-a", **kwargs)
+    train_policy(rows(4), tiny_model_dir, tmp_path / "other", tmp_path / "ckpt-b", callbacks=[TakeRandomNumbers()],
+                 **kwargs)
+    plain, other = (load_file(tmp_path / run / "model.safetensors") for run in ("plain", "other"))
+    assert all(torch.equal(plain[name], other[name]) for name in plain)
 
 
 def test_spo_margin_is_the_previous_rounds_implicit_reward_margin():

@@ -213,3 +213,21 @@ def test_prompt_reward_log_keeps_each_steps_newest_attempt(tmp_path):
         {"phase": "rloo", "step": 12, "prompt_rewards": {prompt_key("a"): 5.0}},
     ]
     assert prompt_reward_entries(tmp_path / "missing.jsonl", "rloo", 0) == []
+
+
+def test_resume_skips_and_removes_checkpoints_cut_short(tmp_path, caplog):
+    import logging
+
+    from moalign.training.runs import resumable_checkpoint
+
+    assert resumable_checkpoint(tmp_path / "missing") is None
+    for step, state in ((8, '{"global_step": 8}'), (16, '{"global_step": 16}'), (24, '{"global_st'), (32, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
+    with caplog.at_level(logging.WARNING, logger="moalign.training.runs"):
+        assert resumable_checkpoint(tmp_path) == str(tmp_path / "checkpoint-16")  # 16 < 24 < 32 by number
+    assert "checkpoint-32 is incomplete" in caplog.text and "checkpoint-24 is incomplete" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-16", "checkpoint-8", "checkpoint-x"]

@@ -30,7 +30,7 @@ from moalign.rewards.model import (
     score_texts,
 )
 from moalign.training.preference import AveragedLogsMixin
-from moalign.training.runs import claim_checkpoints, fingerprint
+from moalign.training.runs import claim_checkpoints, fingerprint, resumable_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,6 @@ def train_reward_model(
     """
     from datasets import Dataset
     from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     if not train_examples:
         raise RewardModelError("no training examples: every pair was filtered out or the file is empty")
@@ -322,7 +321,7 @@ def train_reward_model(
         dimensions=model.dimensions,
         callbacks=list(callbacks or []),
     )
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output_dir)))
+    trainer.train(resume_from_checkpoint=resumable_checkpoint(output_dir))
     trained = trainer.model
     dims = trained.dimensions
     train_labels = _labels(train_examples, len(dims))

@@ -36,7 +36,15 @@ import torch
 from moalign.data.schema import PreferenceRow
 from moalign.launch import is_main_process
 from moalign.training.methods import algorithm_of
-from moalign.training.runs import attach_lora, claim_checkpoints, last_step, lora_config, run_phase, save_policy
+from moalign.training.runs import (
+    attach_lora,
+    claim_checkpoints,
+    last_step,
+    lora_config,
+    resumable_checkpoint,
+    run_phase,
+    save_policy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +254,6 @@ def _common_args(train, online, output_dir: Path, dtype: torch.dtype, seed: int)
 
 
 def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, callbacks):
-    from transformers.trainer_utils import get_last_checkpoint
 
     online = train.online
     common = _common_args(train, online, output_dir, model.dtype, seed)
@@ -272,7 +279,7 @@ def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path
                                    processing_class=tokenizer, peft_config=peft, callbacks=list(callbacks))
     else:
         raise ValueError(f"unknown online algorithm {algorithm!r}")
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(output_dir)))
+    trainer.train(resume_from_checkpoint=resumable_checkpoint(output_dir))
     final = trainer.model.merge_and_unload() if peft is not None else trainer.model
     return final, trainer.state.log_history
 

@@ -13,6 +13,7 @@ method runs, on which prompts, is :mod:`moalign.training.phases`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,14 @@ from moalign.training.batching import PairCollator, completion_token_logps, scor
 from moalign.training.methods import Loss, PairLogps
 from moalign.training.phases import Phase, features_for, objective_dimensions, plan_phases
 from moalign.training.reference import phase_keys
-from moalign.training.runs import attach_lora, claim_checkpoints, fingerprint, run_phase, save_policy
+from moalign.training.runs import (
+    attach_lora,
+    claim_checkpoints,
+    fingerprint,
+    resumable_checkpoint,
+    run_phase,
+    save_policy,
+)
 from moalign.weights import authors_code_weights, fixed_weights, gaussian_weights
 
 
@@ -88,10 +96,23 @@ class PreferenceTrainer(AveragedLogsMixin, Trainer):
         params = self.objective.params
         if params.weights == "fixed":
             return fixed_weights(k, params.fixed_weights).to(token_logps.device).expand(b, k)
+        generator = self._draw_generator(training=self.model.training)
         if params.weights == "authors_code":
-            return authors_code_weights(token_logps[:, :, 0], mask[:, :, 0], token_logps[:, :, 1], mask[:, :, 1])
+            return authors_code_weights(token_logps[:, :, 0], mask[:, :, 0], token_logps[:, :, 1], mask[:, :, 1],
+                                        generator=generator)
         # Algorithm 1, line 8: the chosen and rejected tokens of a dimension pooled (p_d)
-        return gaussian_weights(token_logps.reshape(b, k, 2 * t), mask.reshape(b, k, 2 * t))
+        return gaussian_weights(token_logps.reshape(b, k, 2 * t), mask.reshape(b, k, 2 * t), generator=generator)
+
+    def _draw_generator(self, training: bool) -> torch.Generator:
+        """The random stream of one weight draw, keyed by (seed, process, step, draw within the step):
+        a resumed run draws at step n exactly what an uninterrupted run drew there, whatever else took
+        random numbers before (the global stream is restored only part of the time, and only mid-epoch)."""
+        step = self.state.global_step
+        if getattr(self, "_draw_at", None) != (training, step):
+            self._draw_at, self._draws = (training, step), 0
+        self._draws += 1
+        key = repr((self.args.seed, self.args.process_index, training, step, self._draws)).encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         method = self.objective.method
@@ -289,7 +310,6 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, t
     ``train.eval_steps`` and at the end."""
     from datasets import Dataset
     from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from moalign.models import pick_device, resolve_dtype
 
@@ -334,7 +354,7 @@ def _run_phase(phase: Phase, model, features, collator, phase_dir, forward, *, t
         eval_dataset=[] if diagnose is not None else None,
         diagnose=diagnose,
     )
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(phase_dir)))
+    trainer.train(resume_from_checkpoint=resumable_checkpoint(phase_dir))
     return _trained_model(trainer, phase_dir, merge_lora=train.lora.enabled), trainer.state.log_history
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,35 @@ def claim_checkpoints(directory, run_fingerprint: str, *, stamp: str = "fingerpr
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         directory.mkdir(parents=True, exist_ok=True)
         marker.write_text(run_fingerprint)
+
+
+def resumable_checkpoint(directory) -> str | None:
+    """The newest complete ``checkpoint-<step>`` of a ``transformers.Trainer`` in ``directory``, for
+    ``trainer.train(resume_from_checkpoint=...)``; None when there is none.
+
+    The Trainer writes ``trainer_state.json`` after the weights, optimizer and random states, so a
+    checkpoint whose state file is missing or unreadable was cut short by a kill: it is removed with
+    a warning and the one before it is used. (``get_last_checkpoint`` would pick it, and a truncated
+    safetensors file would then fail every rerun.)
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = []
+    for path in directory.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            logger.warning("%s is incomplete (no readable trainer_state.json, a kill while saving?): removing it "
+                           "and resuming from the checkpoint before it", path)
+            if is_main_process():
+                shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 class ForwardLogs(TrainerCallback):
