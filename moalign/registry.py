@@ -11,6 +11,8 @@ Core library: no Prefect or DVC imports (``.dvc`` files are read as plain YAML).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -292,6 +294,32 @@ def _register_version(
     return version
 
 
+REGISTRATION_KEY_TAG = "registration_key"
+
+
+def registration_key(model_dir: Path, params: Mapping[str, Any], final_metrics: Mapping[str, Any],
+                     lineage: Mapping[str, str], task: str) -> str:
+    """What makes two registrations the same: the model's files, the params, the final metrics and
+    the lineage. Registering the same key twice (a rerun of the register stage) returns the first
+    version instead of logging and registering everything again."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode())
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    described = json.dumps([params, final_metrics, dict(lineage), task], sort_keys=True, default=str)
+    digest.update(described.encode())
+    return digest.hexdigest()[:32]
+
+
+def _version_with_key(client: MlflowClient, model_name: str, key: str) -> Any | None:
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get(REGISTRATION_KEY_TAG) == key), None)
+
+
 def log_and_register(
     *, run_name: str, params: Mapping[str, Any], step_metrics: list[dict[str, Any]], final_metrics: Mapping[str, Any],
     artifacts: list[Path], model_dir: Path, model_name: str, tags: Mapping[str, str], task: str = "text-generation",
@@ -317,6 +345,14 @@ def log_and_register(
     model_dir = _checked_model_dir(model_dir, artifacts, model_name)
     lineage = _lineage(repo_dir, data_hash, tags)
     client = MlflowClient()
+    key = registration_key(model_dir, params, final_metrics, lineage, task)
+    existing = _version_with_key(client, model_name, key)
+    if existing is not None:  # a rerun of register on the same training and evaluation
+        _logger.info("%s version %s already holds this model, evaluation and lineage: nothing logged",
+                     model_name, existing.version)
+        return RegisteredModel(name=model_name, version=str(existing.version), run_id=existing.run_id,
+                               model_uri=f"models:/{model_name}/{existing.version}")
+    lineage[REGISTRATION_KEY_TAG] = key
     continued = run_id is not None and tracking.run_exists(client, run_id)
     if run_id is not None and not continued:
         _logger.warning("training run %s is not in this tracking store: logging a new run", run_id)

@@ -312,3 +312,22 @@ def test_register_continues_the_training_run(isolated_mlflow: Path, tiny_model_d
     other = log_and_register(run_name="fresh", params={}, run_id="0" * 32, **common)
     assert other.run_id != trained
     assert len(client.get_metric_history(other.run_id, "loss")) == 2
+
+
+def test_registering_the_same_training_twice_keeps_one_version(
+    isolated_mlflow: Path, tiny_model_dir: Path, git_repo: tuple[Path, str]
+) -> None:
+    repo, _ = git_repo
+    tracking.configure("sqlite:///mlflow.db", "moalign-test")
+    common = dict(run_name="train", params={"train": {"beta": 0.8}}, step_metrics=[{"loss": 0.9, "step": 1}],
+                  artifacts=[], model_dir=tiny_model_dir, model_name="moalign-policy", tags={}, repo_dir=repo)
+    first = log_and_register(final_metrics={"win_rate": 0.6}, **common)
+    again = log_and_register(final_metrics={"win_rate": 0.6}, **common)  # the register stage rerun
+    assert again == first
+    client = MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name = 'moalign-policy'")] == ["1"]
+    assert len(client.get_metric_history(first.run_id, "loss")) == 1
+    assert len(client.search_runs([client.get_experiment_by_name("moalign-test").experiment_id])) == 1
+    # another evaluation of the same weights is another version
+    other = log_and_register(final_metrics={"win_rate": 0.7}, **common)
+    assert other.version == "2"
