@@ -18,12 +18,17 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="The pipeline
 
 
 def stage_params(path: Path) -> Params:
-    """Validated params or a one-paragraph error and exit code 2, before any work starts."""
+    """Validated params or a one-paragraph error and exit code 2, before any work starts; applies
+    model.trust_remote_code to every model this stage process loads."""
     try:
-        return load_params(path)
+        config = load_params(path)
     except ParamsError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    from moalign.models import allow_remote_code
+
+    allow_remote_code(config.model.trust_remote_code)
+    return config
 
 
 def setup_logging(stage: str) -> logging.Logger:

@@ -37,6 +37,11 @@ class ModelParams(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = float32 on CPU (bf16 matmuls are ~20x slower there), bfloat16 on GPU."
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the model (a custom architecture). Off, such a model fails "
+        "to load with this setting named; transformers' own default would ask at a terminal.",
+    )
 
     @model_validator(mode="after")
     def _path_for_local(self) -> ModelParams:

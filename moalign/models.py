@@ -26,6 +26,32 @@ class ModelDirError(FileNotFoundError):
     """A model directory a stage needs is missing or incomplete."""
 
 
+# transformers asks at a terminal ([y/N]) before running Python code shipped with a model, and runs it
+# on a yes; a stage must never wait on a prompt, and never run such code unasked. One setting per
+# process, from params.yaml's model.trust_remote_code (components/_stage.py sets it).
+_trust_remote_code = False
+
+
+def allow_remote_code(allowed: bool) -> None:
+    """Whether :func:`from_pretrained` may run code that ships with a model (``model.trust_remote_code``)."""
+    global _trust_remote_code
+    _trust_remote_code = bool(allowed)
+
+
+def from_pretrained(cls, source, **kwargs):
+    """``cls.from_pretrained(source, **kwargs)`` that runs a model's own Python code only when
+    ``model.trust_remote_code`` allows it; otherwise a model that needs it fails naming the setting."""
+    try:
+        return cls.from_pretrained(source, trust_remote_code=_trust_remote_code, **kwargs)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error) or _trust_remote_code:
+            raise
+        raise ModelDirError(
+            f"{source}: this model ships its own Python code, which moalign does not run unless "
+            "params.yaml sets model.trust_remote_code: true (read the code first)"
+        ) from None
+
+
 def pick_device() -> torch.device:
     """This process's device: under ``accelerate launch`` each process takes the GPU of its LOCAL_RANK."""
     if not torch.cuda.is_available():
@@ -61,7 +87,7 @@ def load_smollm2_tokenizer():
     from transformers import AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return from_pretrained(AutoTokenizer, gguf.parent, gguf_file=gguf.name)
 
 
 def prepare_base_model(source: str, out_dir: str | os.PathLike[str], path: str | None = None, seed: int = 0) -> Path:
@@ -72,7 +98,7 @@ def prepare_base_model(source: str, out_dir: str | os.PathLike[str], path: str |
     if source == "smollm2":
         gguf = smollm2_gguf_path()
         tokenizer = load_smollm2_tokenizer()
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model = from_pretrained(AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # the dequantised weights are plain fp32 now; a leftover quantization config would make
         # later loads look for a GGUF file that is not there.
         model.hf_quantizer = None
@@ -94,8 +120,8 @@ def prepare_base_model(source: str, out_dir: str | os.PathLike[str], path: str |
     elif source == "local":
         source_dir = Path(path or "")
         require_model_dir(source_dir, made_by="model.path in params.yaml (your own HF model directory)")
-        tokenizer = AutoTokenizer.from_pretrained(source_dir)
-        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32)
+        tokenizer = from_pretrained(AutoTokenizer, source_dir)
+        model = from_pretrained(AutoModelForCausalLM, source_dir, dtype=torch.float32)
     else:
         raise ValueError(f"unknown model.source {source!r}; allowed: smollm2, tiny-random-llama, local")
     if tokenizer.pad_token is None:
@@ -122,10 +148,10 @@ def load_model_and_tokenizer(model_dir: str | os.PathLike[str], dtype: str = "au
 
     model_dir = require_model_dir(model_dir, made_by)
     device = pick_device()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = from_pretrained(AutoTokenizer, model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise ModelDirError(f"{model_dir}: the tokenizer has no chat template; instruction prompts need one")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, device)).to(device)
+    model = from_pretrained(AutoModelForCausalLM, model_dir, dtype=resolve_dtype(dtype, device)).to(device)
     return model, tokenizer

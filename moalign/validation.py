@@ -51,6 +51,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from moalign.models import from_pretrained
 from moalign.data.schema import (
     SCORE_MAX,
     SCORE_MIN,
@@ -743,7 +744,7 @@ def validate_stage(config, pairs, tokenizer_dir, out_dir, metrics) -> Validation
     from transformers import AutoTokenizer
 
     out_dir = Path(out_dir)
-    counter = AutoTokenizer.from_pretrained(tokenizer_dir)
+    counter = from_pretrained(AutoTokenizer, tokenizer_dir)
     rows = read_raw_rows(pairs)
     report = validate_pairs(
         rows,

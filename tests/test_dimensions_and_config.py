@@ -107,3 +107,31 @@ def test_a_tracking_server_in_the_environment_replaces_the_sqlite_store(monkeypa
     # what the variable held when moalign was imported (MLflow later sets it itself)
     monkeypatch.setattr(config, "SERVER_TRACKING_URI", "http://127.0.0.1:5000")
     assert load_params(ROOT / "params.yaml").register_.tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_a_model_shipping_its_own_code_is_not_run_unless_trusted(tmp_path, monkeypatch):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    import moalign.models as models
+
+    model_dir = tmp_path / "custom"
+    model_dir.mkdir()
+    marker = tmp_path / "code-ran"
+    (model_dir / "configuration_custom.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PretrainedConfig\n"
+        "class CustomConfig(PretrainedConfig):\n    model_type = 'custom'\n"
+    )
+    (model_dir / "config.json").write_text(json.dumps(
+        {"model_type": "custom", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}))
+    monkeypatch.setattr(models, "_trust_remote_code", False)
+    with pytest.raises(models.ModelDirError, match="model.trust_remote_code"):
+        models.from_pretrained(AutoModelForCausalLM, model_dir)
+    assert not marker.exists()  # refused before any of its code ran, and no [y/N] prompt
+    assert load_params(ROOT / "params.yaml").model.trust_remote_code is False
+    models.allow_remote_code(True)  # opted in by name: its code runs (loading it further may fail)
+    with pytest.raises(Exception):  # noqa: B017 - the fake model has no weights; what matters is the marker
+        models.from_pretrained(AutoModelForCausalLM, model_dir)
+    assert marker.read_text() == "ran"

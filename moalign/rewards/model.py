@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moalign.generation import chat_prompt
+from moalign.models import from_pretrained
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "reward_heads.json"
@@ -203,7 +204,7 @@ class MultiHeadRewardModel(nn.Module):
         from moalign.models import require_model_dir
 
         require_model_dir(model_dir, made_by="the prepare_model stage")
-        backbone = AutoModel.from_pretrained(model_dir, dtype=dtype)
+        backbone = from_pretrained(AutoModel, model_dir, dtype=dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls(backbone, dimensions, n_classes)
@@ -290,7 +291,7 @@ class MultiHeadRewardModel(nn.Module):
                 f"dimensions.names / reward.classes ask for {describe_heads(wanted_dims, wanted_classes)}; "
                 "retrain the reward model (dvc repro train_reward) or change params.yaml"
             )
-        backbone = AutoModel.from_pretrained(directory, dtype=dtype)
+        backbone = from_pretrained(AutoModel, directory, dtype=dtype)
         model = cls(backbone, saved_dims, saved_classes)
         model.heads.load_state_dict(load_file(directory / HEADS_FILE))
         model.heads.to(dtype)

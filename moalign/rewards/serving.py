@@ -21,12 +21,13 @@ class RewardModelPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from transformers import AutoTokenizer
 
+        from moalign.models import from_pretrained
         from moalign.rewards.mapping import RewardStats
         from moalign.rewards.model import MultiHeadRewardModel
 
         folder = context.artifacts[ARTIFACT]
         self.model = MultiHeadRewardModel.load(folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = from_pretrained(AutoTokenizer, folder)
         self.stats = RewardStats.load(folder)
 
     # no type hints: MLflow would read them as an input schema

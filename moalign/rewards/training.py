@@ -18,6 +18,7 @@ from transformers import Trainer
 
 from moalign.data.schema import SCORE_MAX, SCORE_MIN, ScoredCandidate, distinct_responses
 from moalign.launch import is_main_process
+from moalign.models import from_pretrained
 from moalign.rewards.mapping import RewardStats, class_counts
 from moalign.rewards.model import (
     IGNORE_INDEX,
@@ -362,7 +363,7 @@ def train_reward_stage(config, candidates, model_dir, out_dir, metrics, checkpoi
                 ", ".join(f"{d}({n})" for d, n in zip(dims, classes, strict=True)))
     reward_model = MultiHeadRewardModel.from_backbone(model_dir, dims, classes,
                                                       dtype=resolve_dtype(config.model.dtype), seed=config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = from_pretrained(AutoTokenizer, model_dir)
     # Eq. 11's statistics: how probable each head finds each intensity over the training responses
     stats = RewardStats(dims, classes)
     stats.count_labels([e["labels"] for e in train])

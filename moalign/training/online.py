@@ -35,6 +35,7 @@ import torch
 
 from moalign.data.schema import PreferenceRow
 from moalign.launch import is_main_process
+from moalign.models import from_pretrained
 from moalign.training.methods import algorithm_of
 from moalign.training.runs import (
     attach_lora,
@@ -203,7 +204,7 @@ def load_reward(reward_dir, dimensions: Sequence[str], n_classes: Sequence[int],
 
     model = MultiHeadRewardModel.load(reward_dir, dimensions, n_classes, dtype=dtype, device=pick_device())
     model.requires_grad_(False)
-    return model, AutoTokenizer.from_pretrained(reward_dir), RewardStats.load(reward_dir)
+    return model, from_pretrained(AutoTokenizer, reward_dir), RewardStats.load(reward_dir)
 
 
 def reward_phases(method: str, prompts: Sequence[tuple[str, str]], reward_dir, online, *, dimensions: Sequence[str],

@@ -25,6 +25,7 @@ from transformers import Trainer, TrainerCallback
 
 from moalign.data.schema import PreferenceRow
 from moalign.launch import is_main_process
+from moalign.models import from_pretrained
 from moalign.training.batching import PairCollator, completion_token_logps, score_pairs, split_logps
 from moalign.training.methods import Loss, PairLogps
 from moalign.training.phases import Phase, features_for, objective_dimensions, plan_phases
@@ -369,5 +370,5 @@ def _trained_model(trainer: Trainer, phase_dir, *, merge_lora: bool):
         gathered = phase_dir / "gathered"
         trainer.save_model(str(gathered))
         trainer.accelerator.wait_for_everyone()
-        return AutoModelForCausalLM.from_pretrained(gathered) if is_main_process() else None
+        return from_pretrained(AutoModelForCausalLM, gathered) if is_main_process() else None
     return trainer.model.merge_and_unload() if merge_lora else trainer.model

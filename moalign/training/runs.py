@@ -24,6 +24,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from moalign.launch import is_main_process, main_process_first
+from moalign.models import from_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def run_phase(
     # the log is written after the weights: its presence means the phase was saved whole
     if keep and (done / FINISHED_LOG).exists():
         logger.info("phase %s finished in an earlier run: loading %s", name, done)
-        model = AutoModelForCausalLM.from_pretrained(done, dtype=dtype)
+        model = from_pretrained(AutoModelForCausalLM, done, dtype=dtype)
         history.extend(json.loads((done / FINISHED_LOG).read_text()))
         return model.to(device) if device is not None else model
     step_offset = last_step(history)
