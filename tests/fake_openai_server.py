@@ -16,14 +16,20 @@ Behaviour, all set in the constructor:
   In process mode it must be picklable (a module-level function);
 * ``fail_first`` / ``fail_status`` / ``fail_headers``: the first N requests are answered with that
   status (429 with ``Retry-After: 0`` by default; 500 works too) and an OpenAI-style error body;
+* ``faults`` / ``fault_seed``: a fault injected at a rate per kind (:data:`FAULTS`), e.g.
+  ``faults={"malformed_json": 0.1, "reset": 0.05}``, the rates summing to at most 1. The draw is a
+  hash of the seed, the request's first user message and how many requests with that message came
+  before (:meth:`FakeServerConfig.fault_for`): the same calls meet the same faults whatever the
+  concurrency or the order of arrival. A faulted request still waits ``latency`` first;
 * ``prompt_tokens`` / ``completion_tokens``: the ``usage`` of every reply;
 * ``model``: the model id ``/v1/models`` lists.
 
 Counters (:meth:`FakeOpenAIServer.stats`, or the properties): ``total`` requests received (failed
 ones included), ``per_prompt`` (requests per first-user-message text: re-asks and retries of one
-judge call count under its prompt), ``max_in_flight`` (the most requests inside the server at one
-time, waiting or served), ``failed`` (injected failures sent), ``authorization`` (the distinct
-``Authorization`` headers seen).
+judge call count under its prompt), ``answered`` (the same, counting only requests answered with a
+reply: no injected failure or fault), ``max_in_flight`` (the most requests inside the server at one
+time, waiting or served), ``failed`` (injected failures and faults sent), ``faults`` (faults sent
+per kind), ``authorization`` (the distinct ``Authorization`` headers seen).
 
 Use it as a context manager, or through the ``fake_openai`` pytest fixture at the bottom::
 
@@ -39,7 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
+import logging
 import multiprocessing
 import socket
 import threading
@@ -70,6 +78,18 @@ def first_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+#: the faults ``faults`` can inject, each a way a real endpoint or a proxy in front of it misbehaves
+FAULTS = {
+    "malformed_json": "200, application/json, the completion cut in half: not JSON (Unterminated string ...)",
+    "empty_choices": "200, a completion whose choices list is empty",
+    "missing_content": "200, a completion whose message has no content",
+    "wrong_content_type": "200, text/html: a proxy's error page",
+    "reset": "the connection closed in the middle of the body",
+    "http_500": "500 with an OpenAI-style error body",
+    "http_429": "429 with Retry-After: 0",
+}
+
+
 @dataclass
 class FakeServerConfig:
     latency: float = 0.0
@@ -78,9 +98,31 @@ class FakeServerConfig:
     fail_first: int = 0
     fail_status: int = 429
     fail_headers: Mapping[str, str] = field(default_factory=lambda: {"Retry-After": "0"})
+    faults: Mapping[str, float] = field(default_factory=dict)
+    fault_seed: int = 0
     prompt_tokens: int = 100
     completion_tokens: int = 10
     model: str = "fake-judge"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; allowed: {', '.join(FAULTS)}")
+        if any(not 0 <= rate <= 1 for rate in self.faults.values()) or sum(self.faults.values()) > 1:
+            raise ValueError(f"fault rates must be in [0, 1] and sum to at most 1, got {dict(self.faults)}")
+
+    def fault_for(self, text: str, number: int) -> str | None:
+        """The fault injected into the ``number``-th request (from 1) whose first user message is
+        ``text``, or None."""
+        if not self.faults:
+            return None
+        digest = hashlib.sha256(f"{self.fault_seed}|{number}|{text}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+        for kind, rate in self.faults.items():
+            if draw < rate:
+                return kind
+            draw -= rate
+        return None
 
 
 class _State:
@@ -97,6 +139,8 @@ class _State:
             self.in_flight = 0
             self.max_in_flight = 0
             self.per_prompt: collections.Counter[str] = collections.Counter()
+            self.answered: collections.Counter[str] = collections.Counter()
+            self.faults: collections.Counter[str] = collections.Counter()
             self.authorization: set[str] = set()
 
     def snapshot(self) -> dict[str, Any]:
@@ -107,8 +151,69 @@ class _State:
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "per_prompt": dict(self.per_prompt),
+                "answered": dict(self.answered),
+                "faults": dict(self.faults),
                 "authorization": sorted(self.authorization),
             }
+
+
+class _InjectedReset(Exception):
+    """Raised mid-body so that uvicorn drops the connection (the ``reset`` fault)."""
+
+
+class _DropInjectedResets(logging.Filter):
+    """Keeps uvicorn's "Exception in ASGI application" for an injected reset out of the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _InjectedReset))
+
+
+def _completion(number: int, model: str, text: str, config: FakeServerConfig) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-fake-{number}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }],
+        "usage": {
+            "prompt_tokens": config.prompt_tokens,
+            "completion_tokens": config.completion_tokens,
+            "total_tokens": config.prompt_tokens + config.completion_tokens,
+        },
+    }
+
+
+def _fault_response(fault: str, number: int, completion: dict[str, Any]):
+    """The response of an injected fault (:data:`FAULTS`)."""
+    from starlette.responses import JSONResponse, Response
+
+    if fault in ("http_500", "http_429"):
+        error = {"error": {"message": f"injected {fault} {number}", "type": "fake", "code": None}}
+        status, headers = (500, {}) if fault == "http_500" else (429, {"Retry-After": "0"})
+        return JSONResponse(error, status_code=status, headers=headers)
+    if fault == "wrong_content_type":
+        return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html")
+    if fault == "empty_choices":
+        return JSONResponse({**completion, "choices": []})
+    if fault == "missing_content":
+        del completion["choices"][0]["message"]["content"]
+        return JSONResponse(completion)
+    body = json.dumps(completion).encode()
+    if fault == "malformed_json":
+        return Response(body[: len(body) // 2], media_type="application/json")
+
+    async def cut_short(scope, receive, send) -> None:  # "reset"
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body[:16], "more_body": True})
+        raise _InjectedReset(f"injected reset {number}")
+
+    return cut_short
 
 
 def build_app(config: FakeServerConfig, state: _State):
@@ -123,10 +228,12 @@ def build_app(config: FakeServerConfig, state: _State):
     async def chat(request: Request) -> Response:
         body = await request.json()
         messages = body.get("messages") or []
+        text = first_user_text(messages)
         with state.lock:
             state.total += 1
             number = state.total
-            state.per_prompt[first_user_text(messages)] += 1
+            state.per_prompt[text] += 1
+            fault = config.fault_for(text, state.per_prompt[text]) if number > config.fail_first else None
             if "authorization" in request.headers:
                 state.authorization.add(request.headers["authorization"])
             state.in_flight += 1
@@ -145,24 +252,14 @@ def build_app(config: FakeServerConfig, state: _State):
                         await asyncio.sleep(config.latency)
             elif config.latency:
                 await asyncio.sleep(config.latency)
-            text = config.reply(messages)
-            return JSONResponse({
-                "id": f"chatcmpl-fake-{number}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", config.model),
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }],
-                "usage": {
-                    "prompt_tokens": config.prompt_tokens,
-                    "completion_tokens": config.completion_tokens,
-                    "total_tokens": config.prompt_tokens + config.completion_tokens,
-                },
-            })
+            completion = _completion(number, body.get("model", config.model), config.reply(messages), config)
+            with state.lock:
+                if fault:
+                    state.failed += 1
+                    state.faults[fault] += 1
+                else:
+                    state.answered[text] += 1
+            return _fault_response(fault, number, completion) if fault else JSONResponse(completion)
         finally:
             with state.lock:
                 state.in_flight -= 1
@@ -195,6 +292,9 @@ def _uvicorn_server(app):
         timeout_keep_alive=30, backlog=4096,
     )
     server = uvicorn.Server(config)
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropInjectedResets) for f in error_log.filters):
+        error_log.addFilter(_DropInjectedResets())
     server.install_signal_handlers = lambda: None  # older uvicorn; newer ones skip it off the main thread
     return server
 
@@ -333,6 +433,14 @@ class FakeOpenAIServer:
         return self.stats()["failed"]
 
     @property
+    def answered(self) -> collections.Counter[str]:
+        return collections.Counter(self.stats()["answered"])
+
+    @property
+    def faults(self) -> collections.Counter[str]:
+        return collections.Counter(self.stats()["faults"])
+
+    @property
     def max_in_flight(self) -> int:
         return self.stats()["max_in_flight"]
 
@@ -366,11 +474,15 @@ def main() -> None:  # pragma: no cover - by hand
     parser.add_argument("--capacity", type=int, default=None, help="requests served in parallel at most")
     parser.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with --fail-status")
     parser.add_argument("--fail-status", type=int, default=429)
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
+                        help=f"inject a fault at a rate, repeatable; kinds: {', '.join(FAULTS)}")
+    parser.add_argument("--fault-seed", type=int, default=0)
     args = parser.parse_args()
     import uvicorn
 
+    faults = {kind: float(rate) for kind, _, rate in (f.partition("=") for f in args.fault)}
     config = FakeServerConfig(latency=args.latency, capacity=args.capacity, fail_first=args.fail_first,
-                              fail_status=args.fail_status)
+                              fail_status=args.fail_status, faults=faults, fault_seed=args.fault_seed)
     uvicorn.run(build_app(config, _State()), host="127.0.0.1", port=args.port, log_level="warning")
 
 

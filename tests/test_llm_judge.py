@@ -9,7 +9,6 @@ import sqlite3
 from importlib import resources
 from pathlib import Path
 
-import openai
 import pytest
 
 from moalign.config import JudgeParams
@@ -226,16 +225,17 @@ def test_rate_limit_retry_after_then_success(serve, tmp_path):
     judge.close()
 
 
-def test_server_error_stops_the_run_and_is_not_cached(serve, tmp_path):
+def test_server_error_after_retries_is_that_calls_failure_and_is_not_cached(serve, tmp_path, caplog):
     server = serve(fail_first=1, fail_status=500)
     cache = tmp_path / "cache.sqlite"
     judge = judge_for(server, cache, dimensions=["helpfulness"], max_retries=0, concurrency=1)
-    with pytest.raises(openai.InternalServerError):
-        judge.score_batch(items(3))
-    assert server.total == 1  # no new call started after the error
-    assert len(judge.cache) == 0  # a transport error is not a judge failure: nothing recorded
+    with caplog.at_level(logging.WARNING, logger="moalign.judges.llm"):
+        assert judge.score_batch(items(3)) == [{}, {"helpfulness": 4}, {"helpfulness": 4}]
+    assert server.total == 3 and judge.failures == 1  # the run went on after the 500
+    assert f"{server.url}: HTTP 500, after 0 retries" in caplog.text
+    assert len(judge.cache) == 2  # no reply, no verdict: the failed call is not recorded
     assert judge.score_batch(items(3)) == [{"helpfulness": 4}] * 3
-    assert server.total == 4
+    assert server.total == 4  # only the failed call asked again
     judge.close()
 
 

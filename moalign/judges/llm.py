@@ -6,11 +6,17 @@ with ``score`` 0-4, or ``judgement`` Pass/Fail). A reply that does not parse is 
 ``max_parse_attempts``; after that the failure is recorded and that dimension stays unscored (the
 annotation counts it and the validation gate quarantines the pair) instead of stopping the run.
 
-Transport: the ``openai`` SDK's async client. It already retries 408/409/429/5xx and timeouts with
-exponential backoff and jitter and honours ``Retry-After``, so moalign does not re-implement that;
-it adds what the SDK lacks for paid annotation runs: bounded concurrency, a per-run budget (calls
-and tokens) that stops cleanly, and the SQLite cache (:mod:`moalign.judges.cache`) that makes a
-rerun after a crash or a budget stop repeat no call.
+Transport: the ``openai`` SDK's async client. It already retries 408/409/429/5xx, timeouts and
+connection errors with exponential backoff and jitter and honours ``Retry-After``, so moalign does
+not re-implement that; a 200 whose body cannot be used (not JSON, no choices, no message content),
+which the SDK would not retry, is turned into a transport error that it does retry the same way
+(:func:`_refuse_unusable_body`). A call whose request still fails after those retries is that
+call's failure, named with the endpoint, and the other calls go on; an error of the request or the
+setup (another 4xx: a bad key, a wrong model) stops the run, as does an endpoint that fails many
+calls in a row (:class:`EndpointDown`). moalign adds what the SDK lacks for paid annotation runs:
+bounded concurrency, a per-run budget (calls and tokens) that stops cleanly, and the SQLite cache
+(:mod:`moalign.judges.cache`) that makes a rerun after a crash or a budget stop repeat no answered
+call.
 
 The transport is :class:`LLMCaller`, shared by every kind of judge call: it runs a batch of
 :class:`JudgeCall` specs (cache key, chat messages, a strict parser, the re-ask text) and returns
@@ -45,6 +51,7 @@ from moalign.judges.cache import CachedCall, JudgeCache, call_key
 logger = logging.getLogger(__name__)
 
 KINDS = ("score_0_4", "pass_fail")
+_UNPARSEABLE = "unparseable reply"  # the error of a call answered but never parsed
 
 
 class JudgeConfigError(ValueError):
@@ -54,6 +61,11 @@ class JudgeConfigError(ValueError):
 class BudgetExhausted(RuntimeError):
     """The run's call or token budget is spent. Every result so far is in the cache: rerun to go
     on."""
+
+
+class EndpointDown(RuntimeError):
+    """Many calls in a row got no reply after their retries: the endpoint looks down, so the run
+    stops instead of failing every item. Every answered call is in the cache: rerun to go on."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +224,53 @@ def response_format(kind: str, style: str | None) -> dict | None:
     return schema_format(f"judge_{kind}", reply_schema(kind), style)
 
 
+def _body_fault(content_type: str, body: bytes) -> str | None:
+    """Why a 2xx chat-completion body cannot be used, or None when it can."""
+    try:
+        payload = json.loads(body)
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        media_type = content_type.split(";")[0].strip() or "untyped"
+        if media_type.endswith("json"):
+            return f"malformed JSON body ({error})"
+        return f"a {media_type} body, not JSON"
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(choices, list) or not choices:
+        return "no choices in the completion"
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        return "no message content in the completion"
+    return None
+
+
+async def _refuse_unusable_body(response) -> None:
+    """An HTTP client hook: a 2xx chat completion with a body the judge cannot use raises a transport
+    error, which the SDK retries with the backoff it gives a 5xx. Without it a malformed body raises
+    a bare JSONDecodeError after the 200 (not retried), and an empty one reads as an unparseable
+    reply, re-asked and then cached as the judge's verdict."""
+    import httpx2
+
+    if not response.is_success or not response.request.url.path.endswith("/chat/completions"):
+        return
+    await response.aread()
+    fault = _body_fault(response.headers.get("content-type", ""), response.content)
+    if fault:
+        raise httpx2.DecodingError(fault, request=response.request)
+
+
+def _endpoint_fault(error: Exception) -> str | None:
+    """What went wrong, when ``error`` (raised after the SDK's retries) is a fault of the endpoint
+    that retrying may cure; None for an error of the request or the setup, which stops the run."""
+    from openai import APIConnectionError, APIStatusError
+
+    if isinstance(error, APIStatusError):
+        transient = error.status_code in (408, 409, 429) or error.status_code >= 500
+        return f"HTTP {error.status_code}" if transient else None
+    if isinstance(error, APIConnectionError):  # timeouts, resets, refused connections, bad bodies
+        cause = error.__cause__  # the HTTP library's error says what happened; a timeout's is blank
+        return f"{type(cause).__name__}: {cause}".removesuffix(": ") if cause is not None else str(error)
+    return None
+
+
 @functools.cache
 def _shared_tls_context():
     """The default TLS context of the SDK's HTTP library, made once per process.
@@ -291,7 +350,7 @@ class LLMCaller:
         self.endpoint = endpoint
         self.cache = JudgeCache(cache_path)
         self.budget = _Budget(endpoint.max_calls, endpoint.max_total_tokens)
-        self.failures = 0  # calls made by this judge that gave no parseable reply
+        self.failures = 0  # calls made by this judge that failed: no parseable reply, or no reply
         self.cache_hits = 0
 
     @staticmethod
@@ -320,21 +379,26 @@ class LLMCaller:
 
         key = os.environ.get(self.endpoint.api_key_env) if self.endpoint.api_key_env else None
         tls = _shared_tls_context()
+        # the SDK's own HTTP client and defaults, with the TLS context built once per process
+        http_client = None if tls is None else DefaultAsyncHttpxClient(
+            verify=tls, event_hooks={"response": [_refuse_unusable_body]},
+        )
         return AsyncOpenAI(
             base_url=self.endpoint.base_url,
             api_key=key or "not-needed",  # local servers ignore it; the SDK insists on one
             max_retries=self.endpoint.max_retries,
             timeout=self.endpoint.timeout_s,
-            # the SDK's own HTTP client and defaults, with the TLS context built once per process
-            http_client=DefaultAsyncHttpxClient(verify=tls) if tls is not None else None,
+            http_client=http_client,
         )
 
     def run_calls(self, specs: Sequence[JudgeCall]) -> dict[str, CachedCall]:
-        """The outcome of every spec by key (``.result`` is None for a failure after re-asks).
+        """The outcome of every spec by key (``.result`` is None for a failure: no parseable reply
+        after the re-asks, or the endpoint's fault after the retries, which ``.error`` names).
 
-        Raises :class:`BudgetExhausted` once the budget is spent, and the endpoint's error (after
-        the SDK's retries) when a request fails for good; either way no new call starts, the calls
-        in flight finish and every finished call is in the cache, so a rerun repeats none of them.
+        Raises :class:`BudgetExhausted` once the budget is spent, :class:`EndpointDown` when many
+        calls in a row fail, and the SDK's error for a request the endpoint refuses (a 4xx other
+        than 408/409/429); then no new call starts, the calls in flight finish and every answered
+        call is in the cache, so a rerun repeats none of them.
         """
         specs = list(specs)
         try:
@@ -363,8 +427,12 @@ class LLMCaller:
         progress = tqdm(total=len(pending), desc="judge calls", unit="call",
                         disable=not self.show_progress or len(pending) < 2)
         queue = iter(pending.values())  # shared by the workers: each takes the next when free
+        # a short outage fails about one call per worker; this many in a row means the endpoint is down
+        most_unanswered = max(16, 2 * self.endpoint.concurrency)
+        unanswered = 0  # calls in a row with no reply at all
 
         async def worker() -> None:
+            nonlocal unanswered
             for spec in queue:
                 if stop:
                     return
@@ -374,14 +442,25 @@ class LLMCaller:
                 except Exception as error:  # noqa: BLE001 - raised after the calls in flight finish
                     stop.append(error)
                     return
-                self.cache.put(spec.key, dimension=spec.dimension, model=self.endpoint.model,
-                               template_version=spec.template_version, call=call)
+                if call.attempts:  # answered at least once: cached, never asked again
+                    self.cache.put(spec.key, dimension=spec.dimension, model=self.endpoint.model,
+                                   template_version=spec.template_version, call=call)
                 cached[spec.key] = call
                 progress.update()
+                unanswered = 0 if call.attempts else unanswered + 1
                 if call.result is None:
                     self.failures += 1
-                    logger.warning("judge gave no parseable %s after %d attempts: %s",
-                                   spec.what, call.attempts, call.error)
+                    if call.error == _UNPARSEABLE:
+                        logger.warning("judge gave no parseable %s after %d attempts: %s",
+                                       spec.what, call.attempts, call.error)
+                    else:
+                        logger.warning("judge call for the %s failed: %s", spec.what, call.error)
+                if unanswered >= most_unanswered:
+                    stop.append(EndpointDown(
+                        f"{call.error}; {unanswered} calls in a row got no reply, so the run stops. "
+                        "Every answered call is cached: rerun to go on"
+                    ))
+                    return
 
         client = self._client()
         try:
@@ -405,10 +484,20 @@ class LLMCaller:
         for attempt in range(1, self.endpoint.max_parse_attempts + 1):
             if attempt > 1:
                 self.budget.calls += 1  # a re-ask is a paid request too (never refused: _Budget)
-            completion = await client.chat.completions.create(
-                model=self.endpoint.model, messages=messages, temperature=0.0,
-                max_tokens=max_tokens, **extra,
-            )
+            try:
+                completion = await client.chat.completions.create(
+                    model=self.endpoint.model, messages=messages, temperature=0.0,
+                    max_tokens=max_tokens, **extra,
+                )
+            except Exception as error:
+                fault = _endpoint_fault(error)
+                if fault is None:
+                    raise
+                # this call's failure, not the run's; attempts: the requests that were answered
+                return CachedCall(
+                    score=None, reply=reply or None, attempts=attempt - 1, tokens=tokens,
+                    error=f"{self.endpoint.base_url}: {fault}, after {self.endpoint.max_retries} retries",
+                )
             usage = getattr(completion, "usage", None)
             used = int(getattr(usage, "total_tokens", 0) or 0)
             tokens += used
@@ -426,7 +515,7 @@ class LLMCaller:
                 {"role": "assistant", "content": reply},
                 {"role": "user", "content": spec.reask},
             ]
-        return CachedCall(score=None, reply=reply, error="unparseable reply", attempts=attempt,
+        return CachedCall(score=None, reply=reply, error=_UNPARSEABLE, attempts=attempt,
                           tokens=tokens)
 
 
@@ -459,11 +548,10 @@ class LLMJudge(LLMCaller):
         self, items: Sequence[tuple[TaskPrompt, str]], dimensions: Sequence[str] | None = None
     ) -> list[Scores]:
         """Scores per item on ``dimensions`` (default: all of the judge's); a dimension whose call
-        failed after its re-asks is absent from the dict.
+        failed (after its re-asks, or the endpoint's retries) is absent from the dict.
 
-        Raises :class:`BudgetExhausted` once the budget is spent, and the endpoint's error (after
-        the SDK's retries) when a request fails for good; either way no new call starts, the calls
-        in flight finish and every finished call is in the cache, so a rerun repeats none of them.
+        Stops the run as :meth:`~LLMCaller.run_calls` does: no new call starts, the calls in flight
+        finish and every answered call is in the cache, so a rerun repeats none of them.
         """
         wanted = self.dimensions if dimensions is None else tuple(dimensions)
         unknown = set(wanted) - set(self.dimensions)
