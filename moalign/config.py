@@ -21,7 +21,8 @@ DEFAULT_PARAMS = "params.yaml"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: `beta: .inf` would pass and fail steps later as a NaN loss
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelParams(_Section):
@@ -633,13 +634,35 @@ def parse_params(raw: dict[str, Any] | None, origin: str = DEFAULT_PARAMS) -> Pa
         raise ParamsError(f"invalid {origin}:\n{_format_errors(error)}") from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML loaders keep the last
+    one silently, so a second `train:` section would quietly replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); "
+                                    "keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS) -> Params:
     """Read and validate ``params.yaml``; raise :class:`ParamsError` naming each bad key."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: no such file (run from the project root, or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except _DuplicateKey as error:
+        raise ParamsError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):

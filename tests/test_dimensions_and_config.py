@@ -135,3 +135,25 @@ def test_a_model_shipping_its_own_code_is_not_run_unless_trusted(tmp_path, monke
     with pytest.raises(Exception):  # noqa: B017 - the fake model has no weights; what matters is the marker
         models.from_pretrained(AutoModelForCausalLM, model_dir)
     assert marker.read_text() == "ran"
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    twice = tmp_path / "params.yaml"
+    twice.write_text(text + "train:\n  beta: 0.1\n")  # a second train: section at the end
+    first = 1 + next(i for i, line in enumerate(text.splitlines()) if line.startswith("train:"))
+    last = len(text.splitlines()) + 1
+    with pytest.raises(ParamsError, match=rf"key 'train' appears twice .*lines {first} and {last}"):
+        load_params(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  beta: 0.5\n  epochs: 1\n  beta: 0.9\n")
+    with pytest.raises(ParamsError, match=r"key 'beta' appears twice .*lines 2 and 4"):
+        load_params(nested)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_refused_by_key(tmp_path, value):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  beta: {value}\n")
+    with pytest.raises(ParamsError, match=r"train\.beta.*finite"):
+        load_params(path)
