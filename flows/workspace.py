@@ -201,11 +201,8 @@ def upstream_stages(root: str | os.PathLike[str], stage: str) -> list[str]:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def _uncached_outputs(repo: Any, root: Path, stages: Iterable[str]) -> list[tuple[str, Path, str]]:

@@ -22,7 +22,6 @@ baselines used PPO). Checkpoints resume like the offline methods; the final poli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from moalign.training.methods import algorithm_of
 from moalign.training.runs import (
     attach_lora,
     claim_checkpoints,
+    fingerprint,
     last_step,
     lora_config,
     resumable_checkpoint,
@@ -68,8 +68,9 @@ class PromptRewardLog:
     def __init__(self, reward: Callable[..., Sequence[float]], path: Path):
         self.reward, self.path = reward, Path(path)
         self.__name__ = getattr(reward, "__name__", "reward")  # TRL logs rewards under this name
-        self.attempt = 1 + max((record["attempt"] for record in _records(self.path)), default=0)
-        if self.path.is_file() and not self.path.read_bytes().endswith(b"\n"):
+        text = self.path.read_text() if self.path.is_file() else ""
+        self.attempt = 1 + max((record["attempt"] for record in _records(text)), default=0)
+        if text and not text.endswith("\n"):
             with self.path.open("a") as handle:  # end a line torn by a crash, or the next record joins it
                 handle.write("\n")
 
@@ -93,15 +94,13 @@ class PromptRewardLog:
 
 
 def prompt_key(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return fingerprint(text)
 
 
-def _records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
+def _records(text: str) -> list[dict]:
     # a crash mid-write leaves at most a torn last line: it is the one record that is skipped
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -113,7 +112,8 @@ def prompt_reward_entries(path: Path, phase: str, step_offset: int) -> list[dict
     """History entries ``{"phase", "step", "prompt_rewards": {prompt key: mean reward}}`` from a
     :class:`PromptRewardLog` file: per step the newest attempt's records, merged."""
     newest: dict[int, tuple[int, dict[str, list[float]]]] = {}
-    for record in _records(Path(path)):
+    path = Path(path)
+    for record in _records(path.read_text() if path.is_file() else ""):
         attempt, merged = newest.get(record["step"], (0, {}))
         if record["attempt"] > attempt:
             attempt, merged = record["attempt"], {}
@@ -255,7 +255,6 @@ def _common_args(train, online, output_dir: Path, dtype: torch.dtype, seed: int)
 
 
 def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, callbacks):
-
     online = train.online
     common = _common_args(train, online, output_dir, model.dtype, seed)
     peft = lora_config(model, train.lora) if train.lora.enabled else None

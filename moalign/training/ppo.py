@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 
 from moalign.generation import Prompt, chat_prompt, stop_token_ids
-from moalign.training.runs import claim_checkpoints, fingerprint
+from moalign.training.runs import claim_checkpoints, fingerprint, numbered_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -290,13 +289,9 @@ def run_fingerprint(settings: PPOSettings, prompts: Sequence[Prompt]) -> str:
     return fingerprint({"settings": trajectory, "prompts": list(prompts)})
 
 
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
-
-
 def _checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints (state.json is written last), oldest first."""
-    found = [p for p in output_dir.glob("checkpoint-*") if _CHECKPOINT.match(p.name) and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+    return [path for path in numbered_checkpoints(output_dir) if (path / "state.json").exists()]
 
 
 def _save_checkpoint(output_dir: Path, round_index: int, policy, value_head, optimizer, state: dict, limit) -> None:

@@ -13,7 +13,6 @@ method runs, on which prompts, is :mod:`moalign.training.phases`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -84,6 +83,8 @@ class PreferenceTrainer(AveragedLogsMixin, Trainer):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.diagnose = diagnose
+        self._draw_at: tuple[bool, int] | None = None  # (training, step) of the last weight draw
+        self._draws = 0  # weight draws so far at that step
         if diagnose is not None:
             self.add_callback(_DiagnoseAtStart(self))
         # our loss is a mean over pairs, not normalised by a token count: let the Trainer divide it
@@ -109,11 +110,11 @@ class PreferenceTrainer(AveragedLogsMixin, Trainer):
         a resumed run draws at step n exactly what an uninterrupted run drew there, whatever else took
         random numbers before (the global stream is restored only part of the time, and only mid-epoch)."""
         step = self.state.global_step
-        if getattr(self, "_draw_at", None) != (training, step):
+        if self._draw_at != (training, step):
             self._draw_at, self._draws = (training, step), 0
         self._draws += 1
-        key = repr((self.args.seed, self.args.process_index, training, step, self._draws)).encode()
-        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+        key = fingerprint([self.args.seed, self.args.process_index, training, step, self._draws])
+        return torch.Generator().manual_seed(int(key, 16))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         method = self.objective.method

@@ -61,6 +61,19 @@ def claim_checkpoints(directory, run_fingerprint: str, *, stamp: str = "fingerpr
         marker.write_text(run_fingerprint)
 
 
+def numbered_checkpoints(directory) -> list[Path]:
+    """The ``checkpoint-<step>`` folders in ``directory``, oldest step first (empty when it is missing)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
 def resumable_checkpoint(directory) -> str | None:
     """The newest complete ``checkpoint-<step>`` of a ``transformers.Trainer`` in ``directory``, for
     ``trainer.train(resume_from_checkpoint=...)``; None when there is none.
@@ -70,15 +83,7 @@ def resumable_checkpoint(directory) -> str | None:
     a warning and the one before it is used. (``get_last_checkpoint`` would pick it, and a truncated
     safetensors file would then fail every rerun.)
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = []
-    for path in directory.iterdir():
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
-    for _, path in sorted(found, reverse=True):
+    for path in reversed(numbered_checkpoints(directory)):
         try:
             json.loads((path / "trainer_state.json").read_text())
             return str(path)
