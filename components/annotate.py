@@ -46,11 +46,10 @@ def main(
         typer.secho(f"{error}. Every answer so far is cached in {config.judge.cache_path}: rerun to go on.",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(3) from None
-    except (JudgeConfigError, JudgeServerError) as error:
+    except (JudgeConfigError, JudgeServerError, AnnotationInputError) as error:
+        # plain text, not a boxed usage error: a message naming files and lines must stay copyable
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    except AnnotationInputError as error:
-        raise typer.BadParameter(str(error)) from None
     log.info("%d pairs; skipped: %s", stats["pairs"], stats.get("skipped") or "none")
 
 

@@ -227,7 +227,8 @@ def annotate_stage(config, tasks, model_dir, out_dir, journal) -> dict:
     """The annotate stage: ``data.source: embedded`` samples on-policy candidates for the task pool at
     ``tasks`` from ``model_dir`` (journaled in ``journal``), ``file`` loads ``data.path`` and judges
     only the scores it lacks. Writes ``pairs.jsonl``, ``candidates.jsonl`` (every scored response),
-    ``stats.json`` and, for a file, ``judged.jsonl`` into ``out_dir``; returns the stats."""
+    ``stats.json`` and, for a file, ``judged.jsonl`` and ``rejected.jsonl`` into ``out_dir``; returns
+    the stats."""
     from pathlib import Path
 
     from moalign.data.schema import write_json, write_jsonl
@@ -237,7 +238,7 @@ def annotate_stage(config, tasks, model_dir, out_dir, journal) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_judge(config.judge, config.dimensions.names) as judge:
         if config.data.source == "file":
-            rows, audit, stats = annotate_from_file(config, judge)
+            rows, audit, stats = annotate_from_file(config, judge, out_dir / REJECTED_FILE)
             write_jsonl(out_dir / "judged.jsonl", audit)
             candidates = responses_of(rows)
         else:
@@ -281,20 +282,40 @@ def annotate_task(config, tasks, model_dir, judge, journal):
     return rows, candidates, stats.as_dict()
 
 
-def annotate_from_file(config, judge):
+REJECTED_FILE = "rejected.jsonl"
+
+
+def annotate_from_file(config, judge, rejected_path):
     """``data.path``'s pairs (``data.format``) with the scores the file lacks judged; returns (pairs,
-    an audit line per judged response, stats)."""
+    an audit line per judged response, stats). The records the loader left out go to
+    ``rejected_path`` with their place and reason; past ``validate.max_quarantine_fraction`` of the
+    file the stage stops there, before any judge call is paid for."""
     from moalign.data.loaders import LoaderError, load_pairs
+    from moalign.data.schema import write_jsonl
 
     data = config.data
     try:
         rows, loaded = load_pairs(
             data.path, data.format, config.dimensions.names, eval_fraction=data.eval_fraction,
-            pair_by=data.pair_by, reverse_scores=data.reverse_scores, max_pairs=data.max_pairs,
+            pair_by=data.pair_by, reverse_scores=data.reverse_scores, score_scale=data.score_scale,
+            max_pairs=data.max_pairs,
         )
-        logger.info("%d pairs from %d records of %s (%s)", len(rows), loaded.records, data.path, data.format)
+    except (LoaderError, FileNotFoundError) as error:
+        raise AnnotationInputError(str(error)) from None
+    write_jsonl(rejected_path, [entry.as_dict() for entry in loaded.rejected])
+    logger.info("%d pairs from %d records of %s (%s), %d rejected", len(rows), loaded.records, data.path, data.format,
+                len(loaded.rejected))
+    limit = config.validate_.max_quarantine_fraction
+    if loaded.rejected and (loaded.rejected_fraction > limit or not rows):
+        first = "\n  ".join(entry.reason for entry in loaded.rejected[:3])
+        raise AnnotationInputError(
+            f"{len(loaded.rejected)} of {loaded.records} records of {data.path} cannot be used "
+            f"({loaded.rejected_fraction:.1%}, above validate.max_quarantine_fraction={limit}); the first:\n  {first}\n"
+            f"every one, with its reason, is in {rejected_path}"
+        )
+    try:
         rows, audit, judged = fill_missing_scores(rows, judge, config.dimensions.names)
-    except (LoaderError, FileNotFoundError, ValueError) as error:
+    except ValueError as error:
         raise AnnotationInputError(str(error)) from None
     return rows, audit, {**loaded.as_dict(), **dict(judged), "source": str(data.path), "format": data.format}
 

@@ -94,6 +94,10 @@ class DataParams(_Section):
         default_factory=list,
         description="Dimensions whose file scores rank the other way (HelpSteer2 verbosity: 4 = most verbose).",
     )
+    score_scale: tuple[float, float] | None = Field(
+        None, description="[low, high] of the file's scores where they differ from its format's (helpsteer2 and "
+        "amopo 0-4, ultrafeedback 1-5); mapped linearly onto 1-5. null = the format's."
+    )
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of prompts held out when rows carry no split.")
     max_pairs: int | None = Field(None, ge=1, description="Use only the first N pairs (a cheap trial run).")
 
@@ -101,6 +105,11 @@ class DataParams(_Section):
     def _path_for_file(self) -> DataParams:
         if self.source == "file" and not self.path:
             raise ValueError("data.path is required when data.source is 'file'")
+        if self.score_scale is not None:
+            if not self.score_scale[0] < self.score_scale[1]:
+                raise ValueError(f"data.score_scale must be [low, high] with low < high, got {list(self.score_scale)}")
+            if self.format == "hf_preference":
+                raise ValueError("data.score_scale: hf_preference files carry no scores (the judge gives them all)")
         return self
 
 

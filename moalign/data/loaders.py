@@ -1,15 +1,23 @@
 """Foreign preference data in, :class:`~moalign.data.schema.PreferenceRow` out.
 
-Local files only (JSON Lines, JSON, Parquet or CSV, read with ``datasets``' local builders, so
-nothing is fetched from a hub). Every row keeps its source name and an id that points back to the
-record it came from (``<source>:<record index>`` unless the record has its own id), for lineage.
+Local files only: JSON Lines, JSON (an array of objects, or JSON Lines as ``datasets`` writes
+``.json``), CSV or Parquet. Every row keeps its source name and an id that points back to the record
+it came from (``<source>:<record index>`` unless the record has its own id), for lineage.
+
+A record that cannot become a pair (not JSON, not UTF-8, a missing field, a score out of range) is
+*rejected* with its place in the file (``data.jsonl:7``, ``data.json record 3``) and its reason,
+and the others load; the annotate stage writes the rejected ones to ``rejected.jsonl`` and fails
+only when their share passes ``validate.max_quarantine_fraction``. A file that cannot be read at
+all (missing, empty, an unknown type, a JSON document cut short) is an error naming the file.
 
 Formats (``data.format`` in params.yaml):
 
 ``hf_preference``
     TRL's preference format: ``prompt``, ``chosen``, ``rejected`` as strings, or conversational
-    (lists of ``{"role", "content"}`` messages; with no ``prompt`` column the shared prefix of the
-    two conversations is the prompt). No scores: the judge scores every dimension.
+    (lists of ``{"role", "content"}`` messages). With no ``prompt`` column the shared prefix of the
+    two conversations is the prompt (implicit prompt); with one, ``chosen``/``rejected`` may hold
+    the completion alone or repeat the prompt's turns first, as ``ultrafeedback_binarized`` does.
+    No scores: the judge scores every dimension.
 ``helpsteer2``
     One response per record (``prompt``, ``response``, ``helpfulness`` ... ``verbosity`` on 0-4).
     Responses to the same prompt are paired: the higher mean score over the configured dimensions
@@ -23,17 +31,20 @@ Formats (``data.format`` in params.yaml):
     The AMoPO authors' files: ``prompt``, and ``chosen`` / ``rejected`` objects holding
     ``response`` and the per-dimension scores (flat, or under ``scores``), on 0-4.
 
-Scores are mapped to moalign's 1-5 scale by the format's range (0-4 formats shift by one); a score
-outside the format's range is an error naming the record and the field. Dimensions the file does
-not score are left for the judge (:func:`moalign.annotation.fill_missing_scores`).
+Scores are mapped to moalign's 1-5 scale by the format's range (0-4 formats shift by one), or by
+``data.score_scale`` where a file's range differs; a score outside the range rejects its record.
+Dimensions the file does not score are left for the judge (:func:`moalign.annotation.fill_missing_scores`).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,21 +56,49 @@ FORMATS = ("hf_preference", "helpsteer2", "ultrafeedback", "amopo")
 #: the native score range of each format; mapped linearly onto 1-5
 SCORE_RANGES = {"helpsteer2": (0, 4), "ultrafeedback": (1, 5), "amopo": (0, 4), "hf_preference": (1, 5)}
 
-_READERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+
+#: how much of an unreadable line a rejection keeps, so that rejected.jsonl stays readable
+_RAW_KEPT = 2000
 
 
 class LoaderError(ValueError):
-    """A record that cannot become a preference row; the message names the file, record and field."""
+    """A file or a record that cannot become preference rows; the message names the file and the line or record."""
+
+
+@dataclass(frozen=True)
+class Record:
+    index: int  # position among the file's records: the row id's default, stable across reruns
+    where: str  # "data.jsonl:7", "data.json record 3", "data.parquet row 3"
+    value: Any
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record left out, with its place in the file and why; ``content`` is what the file held."""
+
+    where: str
+    reason: str
+    content: Any = None
+
+    def as_dict(self) -> dict:
+        return {"where": self.where, "reason": self.reason, "content": self.content}
 
 
 @dataclass
 class LoadStats:
     records: int = 0
     pairs: int = 0
-    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    skipped: Counter = field(default_factory=Counter)  # reason -> count (prompts that yield no pair)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def rejected_fraction(self) -> float:
+        return len(self.rejected) / self.records if self.records else 0.0
 
     def as_dict(self) -> dict:
-        return {"records": self.records, "pairs": self.pairs, "skipped": dict(sorted(self.skipped.items()))}
+        return {"records": self.records, "pairs": self.pairs, "skipped": dict(sorted(self.skipped.items())),
+                "rejected": len(self.rejected)}
 
 
 @dataclass(frozen=True)
@@ -68,26 +107,129 @@ class _Options:
     eval_fraction: float
     pair_by: str
     reverse: frozenset[str]
+    scale: tuple[float, float]
 
 
-def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a local file, through ``datasets``' local builders (no hub access)."""
+# ------------------------------------------------------------------------------------------------
+# reading: records with their place in the file, or rejections
+#
+# Hand-written on the standard library rather than ``datasets``' local builders: those infer one
+# type per column over the whole file, so an answer "19" becomes the integer 19 (and "02134" loses
+# its zero), one record of another shape fails the whole file with an Arrow error that names no
+# line, and a bad byte is reported without its place. Here every value stays as the file wrote it.
+
+
+def read_records(path: str | os.PathLike[str]) -> tuple[list[Record], list[Rejected]]:
+    """The records of a local file, and the ones that could not be read (a line that is not JSON or
+    not UTF-8, a record that is not an object). Raises :class:`LoaderError` for a file that cannot
+    be read at all, naming it (and the line, where there is one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (data.path)")
-    builder = _READERS.get(path.suffix.lower())
-    if builder is None:
-        raise LoaderError(f"{path}: unknown file type {path.suffix!r}; allowed: {', '.join(sorted(_READERS))}")
-    from datasets import load_dataset
+    suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise LoaderError(f"{path}: unknown file type {path.suffix!r}; allowed: {', '.join(FILE_TYPES)}")
+    if suffix == ".parquet":
+        entries = _parquet_records(path)
+    else:
+        data = path.read_bytes()
+        if not data.strip():
+            raise LoaderError(f"{path}: the file is empty: no records")
+        if suffix == ".csv":
+            entries = _csv_records(path, data)
+        elif suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+            entries = _json_array_records(path, data)
+        else:  # .jsonl, and .json holding JSON Lines (as datasets' to_json writes it)
+            entries = _json_lines_records(path, data)
+    records: list[Record] = []
+    rejected: list[Rejected] = []
+    for entry in entries:
+        if isinstance(entry, Rejected):
+            rejected.append(entry)
+        elif not isinstance(entry.value, Mapping):
+            rejected.append(Rejected(entry.where, f"{entry.where}: expected an object, got {type(entry.value).__name__}",
+                                     entry.value))
+        else:
+            records.append(entry)
+    if not records and not rejected:
+        raise LoaderError(f"{path}: no records (blank lines, or a header alone)")
+    return records, rejected
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise LoaderError(f"{path}:{line}: not valid UTF-8 ({error.reason}); re-save the file as UTF-8") from None
+
+
+def _json_lines_records(path: Path, data: bytes) -> Iterator[Record | Rejected]:
+    index = 0
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield Rejected(where, f"{where}: not valid UTF-8 (byte {error.start} of the line: {error.reason})",
+                           raw.decode("utf-8", "replace")[:_RAW_KEPT])
+        else:
+            try:
+                yield Record(index, where, json.loads(line))
+            except json.JSONDecodeError as error:
+                yield Rejected(where, f"{where}: not valid JSON (column {error.colno}: {error.msg}); a line cut short?",
+                               line[:_RAW_KEPT])
+        index += 1
+
+
+def _json_array_records(path: Path, data: bytes) -> Iterator[Record | Rejected]:
+    try:
+        document = json.loads(_decode(path, data))
+    except json.JSONDecodeError as error:
+        raise LoaderError(f"{path}:{error.lineno}: not valid JSON (column {error.colno}: {error.msg}); "
+                          "the file cut short?") from None
+    for index, value in enumerate(document):
+        yield Record(index, f"{path} record {index}", value)
+
+
+def _csv_records(path: Path, data: bytes) -> Iterator[Record | Rejected]:
+    # an empty cell is a missing value: CSV has no other way to leave a field out
+    reader = csv.reader(io.StringIO(_decode(path, data), newline=""))
+    try:
+        header = next(reader)
+        line = reader.line_num
+        for index, cells in enumerate(reader):
+            where, line = f"{path}:{line + 1}", reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) > len(header):
+                yield Rejected(where, f"{where}: {len(cells)} fields but the header names {len(header)}", cells)
+                continue
+            yield Record(index, where, {key: cell if cell != "" else None for key, cell in zip(header, cells, strict=False)})
+    except csv.Error as error:
+        raise LoaderError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
+
+
+def _parquet_records(path: Path) -> Iterator[Record | Rejected]:
+    import pyarrow.parquet as pq
 
     try:
-        dataset = load_dataset(builder, data_files=str(path), split="train")
-    except Exception as error:  # datasets wraps parser errors in several types; name the file
-        raise LoaderError(f"{path}: cannot be read as {builder}: {error}") from error
-    return dataset.to_list()
+        rows = pq.read_table(path).to_pylist()
+    except Exception as error:  # pyarrow raises several types for a damaged file; name the file
+        raise LoaderError(f"{path}: cannot be read as Parquet ({error})") from None
+    for index, row in enumerate(rows):
+        yield Record(index, f"{path} row {index}", row)
 
 
-def to_scale(value: Any, native: tuple[int, int], where: str, reverse: bool = False) -> int:
+# ------------------------------------------------------------------------------------------------
+# fields
+
+
+def to_scale(value: Any, native: tuple[float, float], where: str, reverse: bool = False) -> int:
     """A native score as an int on 1-5 (5 best; ``reverse`` when the file's high score is the worse
     answer, as HelpSteer2's verbosity); ``where`` names the record and field in errors."""
     try:
@@ -96,7 +238,8 @@ def to_scale(value: Any, native: tuple[int, int], where: str, reverse: bool = Fa
         raise LoaderError(f"{where}: score {value!r} is not a number") from None
     low, high = native
     if not low <= number <= high:
-        raise LoaderError(f"{where}: score {value!r} outside the format's range {low}-{high}")
+        raise LoaderError(f"{where}: score {value!r} outside the format's range {low:g}-{high:g} "
+                          "(data.score_scale sets another)")
     if reverse:
         number = high - (number - low)
     return round(SCORE_MIN + (number - low) * (SCORE_MAX - SCORE_MIN) / (high - low))
@@ -108,90 +251,134 @@ def split_for(prompt: str, eval_fraction: float) -> str:
     return "eval" if bucket < eval_fraction else "train"
 
 
+def _present(value: Any) -> bool:
+    return value is not None and value != ""
+
+
+def _required(record: Mapping[str, Any], key: str, where: str) -> Any:
+    if not _present(record.get(key)):
+        present = sorted(name for name, value in record.items() if _present(value))
+        raise LoaderError(f"{where}: missing field {key!r} (the record has {', '.join(map(repr, present[:8])) or 'none'})")
+    return record[key]
+
+
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise LoaderError(f"{where}: expected text, got {type(value).__name__}")
     return value
 
 
-def _messages_text(messages: Sequence[Mapping[str, Any]], where: str) -> str:
-    """A conversation as one prompt: a single user turn is its content, longer ones keep the roles."""
-    if not messages:
-        raise LoaderError(f"{where}: empty conversation")
-    for i, message in enumerate(messages):
+def _messages(value: Any, where: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise LoaderError(f"{where}: expected a non-empty list of messages")
+    for i, message in enumerate(value):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise LoaderError(f"{where}[{i}]: a message needs 'role' and 'content'")
+        _text(message["content"], f"{where}[{i}].content")
+    return value
+
+
+def _messages_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """A conversation as one prompt: a single user turn is its content, longer ones keep the roles."""
     if len(messages) == 1 and messages[0]["role"] == "user":
         return messages[0]["content"]
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
+def _same_turn(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
+
+
+def _after_prompt(side: list, prompt: list, where: str) -> list:
+    """A side's completion: the turns after the prompt's, where the side repeats them (as
+    ultrafeedback_binarized does), else the side as it is."""
+    n = len(prompt)
+    if len(side) > n and all(_same_turn(a, b) for a, b in zip(side[:n], prompt, strict=True)):
+        return side[n:]
+    if side[0]["role"] != "assistant":
+        raise LoaderError(f"{where}: starts with a {side[0]['role']!r} turn that is not the prompt's")
+    return side
+
+
 def _hf_pair(record: Mapping[str, Any], where: str) -> tuple[str, str, str]:
-    # datasets fills a column a record lacks with None, so None is "missing" too
-    for key in ("chosen", "rejected"):
-        if record.get(key) is None:
-            raise LoaderError(f"{where}: missing field {key!r}")
-    chosen, rejected, prompt = record["chosen"], record["rejected"], record.get("prompt")
-    if isinstance(chosen, str):
-        if prompt is None:
+    chosen, rejected = _required(record, "chosen", where), _required(record, "rejected", where)
+    prompt = record.get("prompt")
+    if isinstance(chosen, str) or isinstance(rejected, str):
+        if not _present(prompt):
             raise LoaderError(f"{where}: missing field 'prompt' (plain-text pairs need one)")
-        prompt = prompt if isinstance(prompt, str) else _messages_text(prompt, f"{where}.prompt")
-        return prompt, chosen, _text(rejected, f"{where}.rejected")
-    # conversational: the completion is the last assistant message of each side
-    if not isinstance(chosen, list) or not isinstance(rejected, list):
-        raise LoaderError(f"{where}: 'chosen' and 'rejected' must both be text or both message lists")
-    if prompt is None:  # implicit prompt: the shared prefix of the two conversations
+        prompt = prompt if isinstance(prompt, str) else _messages_text(_messages(prompt, f"{where}: prompt"))
+        return prompt, _text(chosen, f"{where}: chosen"), _text(rejected, f"{where}: rejected")
+    chosen, rejected = _messages(chosen, f"{where}: chosen"), _messages(rejected, f"{where}: rejected")
+    if not _present(prompt):  # implicit prompt: the shared prefix of the two conversations
         shared = 0
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
             shared += 1
-        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
-    prompt_text = prompt if isinstance(prompt, str) else _messages_text(prompt, f"{where}.prompt")
+        turns, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        if not turns:
+            raise LoaderError(f"{where}: no 'prompt' field and no turns shared by 'chosen' and 'rejected'")
+    else:
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, f"{where}: prompt")
+        chosen = _after_prompt(chosen, turns, f"{where}: chosen")
+        rejected = _after_prompt(rejected, turns, f"{where}: rejected")
     answers = []
     for key, side in (("chosen", chosen), ("rejected", rejected)):
-        if len(side) != 1 or side[0].get("role") != "assistant":
-            raise LoaderError(f"{where}.{key}: expected one assistant message after the prompt, got {len(side)}")
-        answers.append(_text(side[0].get("content"), f"{where}.{key}.content"))
-    return prompt_text, answers[0], answers[1]
+        if len(side) != 1 or side[0]["role"] != "assistant":
+            raise LoaderError(f"{where}: {key}: expected one assistant message after the prompt, got {len(side)}")
+        answers.append(side[0]["content"])
+    return _messages_text(turns), answers[0], answers[1]
 
 
-def load_hf_preference(records, source: str, options: _Options, stats):
-    for index, record in enumerate(records):
-        where = f"{source} record {index}"
-        prompt, chosen, rejected = _hf_pair(record, where)
-        yield _row(record, index, source, prompt, (chosen, {}), (rejected, {}), options.eval_fraction)
-
-
-def _scores(record: Mapping[str, Any], options: _Options, native, where: str, aliases=None) -> dict[str, int]:
+def _scores(record: Mapping[str, Any], options: _Options, where: str, aliases=None) -> dict[str, int]:
     """The configured dimensions the record scores (by name or alias), on 1-5."""
     scores = {}
     for dimension in options.dimensions:
         for key in (dimension, *(aliases or {}).get(dimension, ())):
-            if key in record and record[key] is not None:
-                scores[dimension] = to_scale(record[key], native, f"{where}.{key}", dimension in options.reverse)
+            if _present(record.get(key)):
+                scores[dimension] = to_scale(record[key], options.scale, f"{where}: {key}", dimension in options.reverse)
                 break
     return scores
 
 
-def load_helpsteer2(records, source: str, options: _Options, stats):
-    native = SCORE_RANGES["helpsteer2"]
-    by_prompt: dict[str, list[tuple[int, str, dict[str, int]]]] = defaultdict(list)
-    for index, record in enumerate(records):
-        where = f"{source} record {index}"
-        for key in ("prompt", "response"):
-            if record.get(key) is None:
-                raise LoaderError(f"{where}: missing field {key!r}")
-        scores = _scores(record, options, native, where)
+# ------------------------------------------------------------------------------------------------
+# formats: each turns the readable records into rows, rejecting the records it cannot use
+
+
+def _each(records: Sequence[Record], stats: LoadStats, parse: Callable[[Record], Any]) -> Iterator[tuple[Record, Any]]:
+    """``parse`` applied to every record; one that raises :class:`LoaderError` is rejected, not fatal."""
+    for record in records:
+        try:
+            yield record, parse(record)
+        except LoaderError as error:
+            stats.rejected.append(Rejected(record.where, str(error), record.value))
+
+
+def load_hf_preference(records, source: str, options: _Options, stats: LoadStats):
+    for record, (prompt, chosen, rejected) in _each(records, stats, lambda r: _hf_pair(r.value, r.where)):
+        yield record, _row(record, source, prompt, (chosen, {}), (rejected, {}), options.eval_fraction)
+
+
+def load_helpsteer2(records, source: str, options: _Options, stats: LoadStats):
+    def parse(record: Record):
+        value, where = record.value, record.where
+        prompt = _text(_required(value, "prompt", where), f"{where}: prompt")
+        response = _text(_required(value, "response", where), f"{where}: response")
+        scores = _scores(value, options, where)
         if not scores:
             raise LoaderError(f"{where}: none of the dimensions {list(options.dimensions)} is scored")
-        by_prompt[_text(record["prompt"], f"{where}.prompt")].append(
-            (index, _text(record["response"], f"{where}.response"), scores)
-        )
+        if options.pair_by != "mean" and options.pair_by not in scores:
+            raise LoaderError(f"{where}: no {options.pair_by} score, which data.pair_by pairs on")
+        return prompt, response, scores
+
+    by_prompt: dict[str, list[tuple[Record, str, dict[str, int]]]] = defaultdict(list)
+    for record, (prompt, response, scores) in _each(records, stats, parse):
+        by_prompt[prompt].append((record, response, scores))
     for prompt, answers in by_prompt.items():
         pair = _pair_answers(answers, options, stats, too_few="single_response")
-        if pair is None:
-            continue
-        (first, best, best_scores), (_, worst, worst_scores) = pair
-        yield _row({}, first, source, prompt, (best, best_scores), (worst, worst_scores), options.eval_fraction)
+        if pair is not None:
+            (first, best, best_scores), (_, worst, worst_scores) = pair
+            # the pair is no record's own: its id is the best answer's position, whatever that record says
+            record = Record(first.index, first.where, {})
+            yield record, _row(record, source, prompt, (best, best_scores), (worst, worst_scores), options.eval_fraction)
 
 
 def _pair_answers(answers, options: _Options, stats: LoadStats, too_few: str):
@@ -199,24 +386,15 @@ def _pair_answers(answers, options: _Options, stats: LoadStats, too_few: str):
     if len(answers) < 2:
         stats.skipped[too_few] += 1
         return None
-    pair = _best_and_worst(answers, options.pair_by)
-    if pair is None:
-        stats.skipped["tied_scores"] += 1
-    return pair
 
-
-def _best_and_worst(answers, pair_by: str):
     def key(answer):
         scores = answer[2]
-        if pair_by == "mean":
-            return sum(scores.values()) / len(scores)
-        if pair_by not in scores:
-            raise LoaderError(f"data.pair_by={pair_by!r} but record {answer[0]} has no {pair_by} score")
-        return scores[pair_by]
+        return sum(scores.values()) / len(scores) if options.pair_by == "mean" else scores[options.pair_by]
 
-    ranked = sorted(answers, key=lambda a: (-key(a), a[0]))
-    best, worst = ranked[0], ranked[-1]
+    ranked = sorted(enumerate(answers), key=lambda item: (-key(item[1]), item[0]))
+    best, worst = ranked[0][1], ranked[-1][1]
     if key(best) == key(worst) or best[1].strip() == worst[1].strip():
+        stats.skipped["tied_scores"] += 1
         return None
     return best, worst
 
@@ -225,61 +403,66 @@ def _best_and_worst(answers, pair_by: str):
 ULTRAFEEDBACK_ALIASES = {"correctness": ("truthfulness",), "harmlessness": ("honesty",)}
 
 
-def load_ultrafeedback(records, source: str, options: _Options, stats):
-    native = SCORE_RANGES["ultrafeedback"]
-    for index, record in enumerate(records):
-        where = f"{source} record {index}"
-        prompt = record.get("instruction", record.get("prompt"))
-        if prompt is None:
+def load_ultrafeedback(records, source: str, options: _Options, stats: LoadStats):
+    def parse(record: Record):
+        value, where = record.value, record.where
+        prompt_key = "instruction" if _present(value.get("instruction")) else "prompt"
+        if not _present(value.get(prompt_key)):
             raise LoaderError(f"{where}: missing field 'instruction'")
-        completions = record.get("completions")
+        prompt = _text(value[prompt_key], f"{where}: {prompt_key}")
+        completions = value.get("completions")
         if not isinstance(completions, list):
             raise LoaderError(f"{where}: missing field 'completions' (a list)")
         answers = []
         for c, completion in enumerate(completions):
-            cwhere = f"{where}.completions[{c}]"
+            cwhere = f"{where}: completions[{c}]"
+            if not isinstance(completion, Mapping):
+                raise LoaderError(f"{cwhere}: expected an object with 'response' and 'annotations'")
             ratings = {
-                aspect: value.get("Rating") if isinstance(value, Mapping) else value
-                for aspect, value in (completion.get("annotations") or {}).items()
+                aspect: rating.get("Rating") if isinstance(rating, Mapping) else rating
+                for aspect, rating in (completion.get("annotations") or {}).items()
             }
-            ratings = {k: v for k, v in ratings.items() if v not in (None, "N/A", "")}
-            scores = _scores(ratings, options, native, f"{cwhere}.annotations", ULTRAFEEDBACK_ALIASES)
-            if scores:
+            ratings = {k: v for k, v in ratings.items() if v != "N/A"}
+            scores = _scores(ratings, options, f"{cwhere}.annotations", ULTRAFEEDBACK_ALIASES)
+            if scores and (options.pair_by == "mean" or options.pair_by in scores):
                 answers.append((c, _text(completion.get("response"), f"{cwhere}.response"), scores))
+        return prompt, answers
+
+    for record, (prompt, answers) in _each(records, stats, parse):
         pair = _pair_answers(answers, options, stats, too_few="fewer_than_two_rated_completions")
-        if pair is None:
-            continue
-        (_, best, best_scores), (_, worst, worst_scores) = pair
-        yield _row(record, index, source, _text(prompt, f"{where}.instruction"), (best, best_scores),
-                   (worst, worst_scores), options.eval_fraction)
+        if pair is not None:
+            (_, best, best_scores), (_, worst, worst_scores) = pair
+            yield record, _row(record, source, prompt, (best, best_scores), (worst, worst_scores),
+                               options.eval_fraction)
 
 
-def load_amopo(records, source: str, options: _Options, stats):
-    native = SCORE_RANGES["amopo"]
-    for index, record in enumerate(records):
-        where = f"{source} record {index}"
-        if record.get("prompt") is None:
-            raise LoaderError(f"{where}: missing field 'prompt'")
+def load_amopo(records, source: str, options: _Options, stats: LoadStats):
+    def parse(record: Record):
+        value, where = record.value, record.where
+        prompt = _text(_required(value, "prompt", where), f"{where}: prompt")
         sides = []
         for key in ("chosen", "rejected"):
-            side = record.get(key)
-            if not isinstance(side, Mapping) or side.get("response") is None:
-                raise LoaderError(f"{where}.{key}: expected an object with 'response' and scores")
+            side = value.get(key)
+            if not isinstance(side, Mapping) or not _present(side.get("response")):
+                raise LoaderError(f"{where}: {key}: expected an object with 'response' and scores")
             scored = side.get("scores") if isinstance(side.get("scores"), Mapping) else side
-            sides.append((_text(side["response"], f"{where}.{key}.response"),
-                          _scores(scored, options, native, f"{where}.{key}")))
-        yield _row(record, index, source, _text(record["prompt"], f"{where}.prompt"), *sides, options.eval_fraction)
+            sides.append((_text(side["response"], f"{where}: {key}.response"),
+                          _scores(scored, options, f"{where}: {key}")))
+        return prompt, sides
+
+    for record, (prompt, (chosen, rejected)) in _each(records, stats, parse):
+        yield record, _row(record, source, prompt, chosen, rejected, options.eval_fraction)
 
 
-def _row(record, index, source, prompt, chosen, rejected, eval_fraction) -> PreferenceRow:
-    own_id = record.get("id") if isinstance(record, Mapping) else None
-    pair_id = f"{source}:{own_id if own_id is not None else index}"
-    split = record.get("split") if isinstance(record, Mapping) and record.get("split") in ("train", "eval") else None
+def _row(record: Record, source, prompt, chosen, rejected, eval_fraction) -> PreferenceRow:
+    own_id = record.value.get("id")
+    pair_id = f"{source}:{own_id if _present(own_id) else record.index}"
+    split = record.value.get("split")
     return PreferenceRow(
         id=pair_id,
         source=source,
         prompt_id=hashlib.sha256(prompt.strip().encode()).hexdigest()[:16],
-        split=split or split_for(prompt, eval_fraction),
+        split=split if split in ("train", "eval") else split_for(prompt, eval_fraction),
         prompt=prompt,
         chosen=ScoredResponse(text=chosen[0], scores=chosen[1]),
         rejected=ScoredResponse(text=rejected[0], scores=rejected[1]),
@@ -303,24 +486,35 @@ def load_pairs(
     eval_fraction: float = 0.1,
     pair_by: str = "mean",
     reverse_scores: Sequence[str] = (),
+    score_scale: Sequence[float] | None = None,
     max_pairs: int | None = None,
 ) -> tuple[list[PreferenceRow], LoadStats]:
-    """Preference rows from a local file in ``fmt``; ids unique, or an error naming the duplicate.
+    """Preference rows from a local file in ``fmt``, and the stats, which list every record left out
+    (``stats.rejected``) with its place and reason.
 
     ``pair_by`` is ``mean`` or a dimension (helpsteer2, ultrafeedback); ``reverse_scores`` names the
-    dimensions whose file scores rank the other way; ``max_pairs`` keeps the first N pairs.
+    dimensions whose file scores rank the other way; ``score_scale`` (low, high) replaces the
+    format's score range; ``max_pairs`` keeps the first N pairs. A second record with an id already
+    seen is rejected.
     """
     if fmt not in _LOADERS:
         raise LoaderError(f"unknown data.format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    scale = tuple(score_scale) if score_scale is not None else SCORE_RANGES[fmt]
+    if len(scale) != 2 or not scale[0] < scale[1]:
+        raise LoaderError(f"data.score_scale must be [low, high] with low < high, got {list(scale)}")
     source = source or Path(path).stem
-    records = read_records(path)
-    stats = LoadStats(records=len(records))
-    options = _Options(tuple(dimensions), eval_fraction, pair_by, frozenset(reverse_scores))
-    rows = list(_LOADERS[fmt](records, source, options, stats))[:max_pairs]
-    seen: dict[str, int] = {}
-    for position, row in enumerate(rows):
-        if row.id in seen:
-            raise LoaderError(f"{path}: pair id {row.id!r} appears twice (records' 'id' fields must be unique)")
-        seen[row.id] = position
+    records, unreadable = read_records(path)
+    stats = LoadStats(records=len(records) + len(unreadable), rejected=list(unreadable))
+    options = _Options(tuple(dimensions), eval_fraction, pair_by, frozenset(reverse_scores), (scale[0], scale[1]))
+    rows: list[PreferenceRow] = []
+    first_seen: dict[str, str] = {}
+    for record, row in _LOADERS[fmt](records, source, options, stats):
+        if row.id in first_seen:
+            stats.rejected.append(Rejected(record.where, f"{record.where}: pair id {row.id!r} was already used at "
+                                           f"{first_seen[row.id]} (records' 'id' fields must be unique)", record.value))
+            continue
+        first_seen[row.id] = record.where
+        rows.append(row)
+    rows = rows[:max_pairs]
     stats.pairs = len(rows)
     return rows, stats
