@@ -48,6 +48,28 @@ def test_average_state_dicts_by_hand() -> None:
     assert uniform(None, 4) == [0.25] * 4 and uniform([1, 3], 2) == [0.25, 0.75]
 
 
+def test_epoch_seeded_sampler_orders_an_epoch_by_its_number_alone() -> None:
+    from trl.trainer.utils import RepeatSampler
+
+    from moalign.training.runs import EpochSeededSampler
+
+    def trl_sampler():
+        return RepeatSampler(range(8), mini_repeat_count=2, batch_size=4, seed=3)
+
+    def last_order(epochs):
+        sampler = EpochSeededSampler(trl_sampler())
+        for epoch in epochs:
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+        return order
+
+    straight = last_order([0, 1, 2])
+    assert last_order([2]) == straight  # a run resumed in epoch 2 draws what an unbroken one did
+    assert last_order([0]) == list(trl_sampler())  # epoch 0: TRL's own order
+    assert last_order([1]) != last_order([0]) and sorted(straight) == sorted(list(trl_sampler()))
+    assert len(EpochSeededSampler(trl_sampler())) == 16
+
+
 @pytest.fixture(scope="module")
 def reward_dir(untrained_reward_dir) -> Path:
     """An untrained reward model with statistics: enough to give the policy a reward signal."""

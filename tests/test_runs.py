@@ -227,7 +227,47 @@ def test_resume_skips_and_removes_checkpoints_cut_short(tmp_path, caplog):
         if state is not None:
             (folder / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
+    (tmp_path / "checkpoint-40.partial" / "checkpoint-40").mkdir(parents=True)  # a save cut short by a kill
     with caplog.at_level(logging.WARNING, logger="moalign.training.runs"):
         assert resumable_checkpoint(tmp_path) == str(tmp_path / "checkpoint-16")  # 16 < 24 < 32 by number
     assert "checkpoint-32 is incomplete" in caplog.text and "checkpoint-24 is incomplete" in caplog.text
+    assert "checkpoint-40.partial is a checkpoint whose saving was cut short" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-16", "checkpoint-8", "checkpoint-x"]
+
+
+class _Line(torch.nn.Module):
+    """y = w x + b, whose loss the Trainer minimises."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, x, labels):
+        return {"loss": ((self.linear(x).squeeze(-1) - labels) ** 2).mean()}
+
+
+def test_atomic_checkpoints_keep_rotation_and_the_best_checkpoint(tmp_path):
+    """Saved through a staging folder, checkpoints rotate as the Trainer's own do, and the best one
+    (the first here: the loss only falls, and higher counts as better) is named where it ends up."""
+    from transformers import Trainer, TrainingArguments
+
+    from moalign.training.runs import numbered_checkpoints, with_atomic_checkpoints
+
+    points = [{"x": [float(x)], "labels": 2.0 * x + 1.0} for x in range(8)]
+    kept = {}
+    for name, trainer_class in (("plain", Trainer), ("atomic", with_atomic_checkpoints(Trainer))):
+        out = tmp_path / name
+        args = TrainingArguments(output_dir=str(out), max_steps=4, per_device_train_batch_size=8, learning_rate=0.05,
+                                 save_strategy="steps", save_steps=1, eval_strategy="steps", eval_steps=1,
+                                 save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="loss",
+                                 greater_is_better=True, report_to=[], use_cpu=True, disable_tqdm=True)
+        torch.manual_seed(0)
+        trainer = trainer_class(model=_Line(), args=args, train_dataset=points, eval_dataset=points)
+        trainer.train()
+        assert trainer.state.best_model_checkpoint == str(out / "checkpoint-1")
+        assert not list(out.glob("*.partial"))
+        kept[name] = [p.name for p in numbered_checkpoints(out)]
+        for checkpoint in numbered_checkpoints(out):
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            assert state["best_model_checkpoint"] == str(out / "checkpoint-1"), checkpoint
+    assert kept["atomic"] == kept["plain"] == ["checkpoint-1", "checkpoint-4"]

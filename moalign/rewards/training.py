@@ -31,7 +31,7 @@ from moalign.rewards.model import (
     score_texts,
 )
 from moalign.training.preference import AveragedLogsMixin
-from moalign.training.runs import claim_checkpoints, fingerprint, resumable_checkpoint
+from moalign.training.runs import AtomicCheckpointsMixin, claim_checkpoints, fingerprint, resumable_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class RewardCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class RewardTrainer(AveragedLogsMixin, Trainer):
+class RewardTrainer(AtomicCheckpointsMixin, AveragedLogsMixin, Trainer):
     """``transformers.Trainer`` whose loss is the reward model's summed per-head cross-entropy.
 
     Logs ``loss/<dimension>`` beside ``loss``: each head's mean cross-entropy since the last log,

@@ -39,6 +39,7 @@ from moalign.training.methods import algorithm_of
 from moalign.training.runs import (
     attach_lora,
     claim_checkpoints,
+    epoch_seeded,
     fingerprint,
     last_step,
     lora_config,
@@ -255,6 +256,8 @@ def _common_args(train, online, output_dir: Path, dtype: torch.dtype, seed: int)
 
 
 def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, callbacks):
+    from moalign.training.runs import with_atomic_checkpoints
+
     online = train.online
     common = _common_args(train, online, output_dir, model.dtype, seed)
     peft = lora_config(model, train.lora) if train.lora.enabled else None
@@ -266,8 +269,9 @@ def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path
             num_generations=online.num_generations, max_completion_length=online.max_completion_length,
             beta=online.kl_beta,
         )
-        trainer = RLOOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=_dataset(prompts),
-                              processing_class=tokenizer, peft_config=peft, callbacks=list(callbacks))
+        trainer = with_atomic_checkpoints(epoch_seeded(RLOOTrainer))(
+            model=model, reward_funcs=reward, args=args, train_dataset=_dataset(prompts), processing_class=tokenizer,
+            peft_config=peft, callbacks=list(callbacks))
     elif algorithm == "online_dpo":
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
@@ -275,8 +279,9 @@ def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path
             **common, per_device_train_batch_size=train.batch_size, max_new_tokens=online.max_completion_length,
             beta=online.kl_beta,
         )
-        trainer = OnlineDPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=_dataset(prompts),
-                                   processing_class=tokenizer, peft_config=peft, callbacks=list(callbacks))
+        trainer = with_atomic_checkpoints(OnlineDPOTrainer)(
+            model=model, reward_funcs=[reward], args=args, train_dataset=_dataset(prompts), processing_class=tokenizer,
+            peft_config=peft, callbacks=list(callbacks))
     else:
         raise ValueError(f"unknown online algorithm {algorithm!r}")
     trainer.train(resume_from_checkpoint=resumable_checkpoint(output_dir))
@@ -285,9 +290,14 @@ def _run_trl(algorithm: str, model, tokenizer, prompts, reward, output_dir: Path
 
 
 def _run_ppo(model, tokenizer, prompts, reward, output_dir: Path, *, train, seed, on_log):
+    from transformers import set_seed
+
     from moalign.training.ppo import PPOSettings, train_ppo
 
     online = train.online
+    # the adapters' random start depends on the seed alone, as in TRL's trainers: not on what an
+    # earlier phase drew, which a rerun that loads that phase's saved weights does not draw again
+    set_seed(seed)
     policy = attach_lora(model, train.lora) if train.lora.enabled else model
     settings = PPOSettings(
         learning_rate=train.learning_rate, epochs=train.epochs, batch_size=train.batch_size,

@@ -21,6 +21,7 @@ from functools import partial
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from moalign.data.schema import PreferenceRow
 from moalign.launch import is_main_process
@@ -30,6 +31,8 @@ from moalign.training.methods import Loss, PairLogps
 from moalign.training.phases import Phase, features_for, objective_dimensions, plan_phases
 from moalign.training.reference import phase_keys
 from moalign.training.runs import (
+    AtomicCheckpointsMixin,
+    EpochSeededLengthGroupedSampler,
     attach_lora,
     claim_checkpoints,
     fingerprint,
@@ -76,7 +79,7 @@ class AveragedLogsMixin:
         super().log(logs, *args, **kwargs)
 
 
-class PreferenceTrainer(AveragedLogsMixin, Trainer):
+class PreferenceTrainer(AtomicCheckpointsMixin, AveragedLogsMixin, Trainer):
     """``transformers.Trainer`` with moalign's preference losses and per-dimension diagnostics."""
 
     def __init__(self, *args, objective: Objective, diagnose: Callable[[object], dict] | None = None, **kwargs):
@@ -91,6 +94,13 @@ class PreferenceTrainer(AveragedLogsMixin, Trainer):
         # by the accumulation steps (so 8 x 1 and 1 x 8 give the same update)
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if not isinstance(sampler, LengthGroupedSampler):
+            return sampler
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed)
 
     def _weights(self, token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """AMoPO alpha, (B, K), from the (B, K, 2, T) per-token log-probabilities."""
@@ -276,6 +286,10 @@ def train_policy(
                 if phase.margin_from_previous:
                     feature["prev_margin"] = _previous_margin(row, current, previous, train.beta)
             previous = current
+        # a phase's LoRA adapters are initialised from the global random stream, which after an
+        # earlier phase's training holds whatever that training left: seeded here, a rerun that
+        # loads the finished phases instead of training them initialises the same adapters
+        set_seed(seed + index)
         run = partial(_run_phase, phase, model, features, collator, phase_dir, train=train, dimensions=dimensions,
                       dtype=dtype, seed=seed, callbacks=callbacks, diagnose=diagnose)
         # every phase but the last is kept: the next one starts from it, and a rerun skips it

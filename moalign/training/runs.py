@@ -8,20 +8,29 @@ online ones (``online.py``), moalign's PPO (``ppo.py``) and the reward model (``
 * Log entries carry their phase and a step counted across phases, both in the returned history and
   as they are forwarded live (to MLflow, by the train_policy component).
 * LoRA adapters as ``train.lora`` describes them, and the final policy as a plain HF folder.
+* A ``transformers.Trainer`` checkpoint appears whole or not at all (:class:`AtomicCheckpointsMixin`).
+* An epoch's batch order is drawn from (seed, epoch), so a run resumed mid-way through its second
+  epoch trains on the batches the uninterrupted run did (the epoch-seeded samplers).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from moalign.launch import is_main_process, main_process_first
 from moalign.models import from_pretrained
@@ -29,6 +38,7 @@ from moalign.models import from_pretrained
 logger = logging.getLogger(__name__)
 
 FINISHED_LOG = "train_log.json"
+PARTIAL = ".partial"  # suffix of a checkpoint folder being written (numbered_checkpoints skips it)
 BUDGET_FILE = "budget.json"  # beside the saved policy: what its training spent (training_budget)
 
 
@@ -78,11 +88,17 @@ def resumable_checkpoint(directory) -> str | None:
     """The newest complete ``checkpoint-<step>`` of a ``transformers.Trainer`` in ``directory``, for
     ``trainer.train(resume_from_checkpoint=...)``; None when there is none.
 
-    The Trainer writes ``trainer_state.json`` after the weights, optimizer and random states, so a
-    checkpoint whose state file is missing or unreadable was cut short by a kill: it is removed with
-    a warning and the one before it is used. (``get_last_checkpoint`` would pick it, and a truncated
-    safetensors file would then fail every rerun.)
+    A ``checkpoint-<step>.partial`` folder left by a kill while saving (:class:`AtomicCheckpointsMixin`)
+    is removed with a warning. So is a ``checkpoint-<step>`` whose ``trainer_state.json`` (written
+    last) is missing or unreadable, one saved without the mixin and cut short: the one before it is
+    used. (``get_last_checkpoint`` would pick it, and a truncated safetensors file would then fail
+    every rerun.)
     """
+    if is_main_process():
+        for leftover in sorted(Path(directory).glob(f"{PREFIX_CHECKPOINT_DIR}-*{PARTIAL}")):
+            logger.warning("%s is a checkpoint whose saving was cut short (a kill while saving?): removing it",
+                           leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
     for path in reversed(numbered_checkpoints(directory)):
         try:
             json.loads((path / "trainer_state.json").read_text())
@@ -93,6 +109,124 @@ def resumable_checkpoint(directory) -> str | None:
             if is_main_process():
                 shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+class AtomicCheckpointsMixin:
+    """For a ``transformers.Trainer`` subclass (listed before it): each checkpoint is written into
+    ``checkpoint-<step>.partial/checkpoint-<step>`` and renamed to ``checkpoint-<step>`` once whole,
+    so a kill while saving leaves no ``checkpoint-<step>`` to resume, only a folder that
+    :func:`resumable_checkpoint` removes.
+
+    The Trainer's own ``_save_checkpoint`` still does the work: only the folder it saves into
+    (``_get_output_dir``, while saving) differs. Its rotation then sees the staging folder alone, so
+    the old checkpoints are rotated here after the rename, with the same ``save_total_limit`` and
+    the best checkpoint kept. With several processes every one writes its own files (its random
+    states, its shard under FSDP or DeepSpeed); after all have, the process that writes the
+    trainer state (``args.should_save``) renames.
+    """
+
+    _staging: bool = False
+    state: Any
+    args: Any
+    accelerator: Any
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)  # type: ignore[misc]
+        if not self._staging:
+            return run_dir
+        return os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}{PARTIAL}")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._staging = True
+        try:
+            staging = os.path.join(self._get_output_dir(trial), name)
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        finally:
+            self._staging = False
+        final = os.path.join(run_dir, name)
+        state, args = self.state, self.args
+        # the Trainer names the best checkpoint where it found it, in staging when it is this one
+        if state.best_model_checkpoint == staging:
+            state.best_model_checkpoint = final
+            if args.should_save:
+                state.save_to_json(os.path.join(staging, "trainer_state.json"))
+        self.accelerator.wait_for_everyone()  # every process has written its files into staging
+        if not args.should_save:
+            return
+        if os.path.isdir(final):  # a checkpoint of this step from an earlier run: this one replaces it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        shutil.rmtree(os.path.dirname(staging))
+        rotate_checkpoints(output_dir=run_dir, save_total_limit=args.save_total_limit,
+                           best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
+
+
+@functools.cache
+def with_atomic_checkpoints(trainer_class: type) -> type:
+    """``trainer_class`` with :class:`AtomicCheckpointsMixin` (for trainers defined elsewhere, TRL's)."""
+    return type(f"Atomic{trainer_class.__name__}", (AtomicCheckpointsMixin, trainer_class), {})
+
+
+# ------------------------------------------------------------------------------------------------
+# random streams: a run resumed in epoch e draws that epoch's batch order as the uninterrupted run did
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """The Trainer's ``group_by_length`` order (pairs of similar length batched together), shuffled
+    by a generator seeded with (seed, epoch) instead of the global random stream.
+
+    The Trainer draws an epoch's order when the epoch starts but restores the checkpoint's random
+    states only after it has skipped the batches already trained: a run resumed in its second epoch
+    or later would otherwise draw that epoch's order from a different stream than the run it resumes.
+    (The random sampler has accelerate's seedable one; this sampler had no such counterpart.)
+    """
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer (through accelerate) each epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A shuffling sampler with ``seed`` and ``generator`` (TRL's ``RepeatSampler``, RLOO's) whose
+    order in epoch e is drawn from ``seed + e``, as the Trainer's ``set_epoch`` starts the epoch.
+
+    Left alone, the sampler seeds its generator once and draws epoch after epoch from it, while a
+    Trainer resumed in epoch e does not replay the epochs before: it would get epoch 0's order, and
+    the resumed run would train on other batches than the run that was never killed. Epoch 0 keeps
+    the sampler's own order."""
+
+    def __init__(self, sampler):
+        super().__init__()
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        if getattr(self.sampler, "shuffle", False) and self.sampler.seed is not None:
+            self.sampler.generator.manual_seed(self.sampler.seed + epoch)
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+@functools.cache
+def epoch_seeded(trainer_class: type) -> type:
+    """``trainer_class`` (TRL's ``RLOOTrainer``) with its train sampler in an :class:`EpochSeededSampler`."""
+
+    def _get_train_sampler(self, dataset=None):
+        return EpochSeededSampler(trainer_class._get_train_sampler(self, dataset))
+
+    return type(f"EpochSeeded{trainer_class.__name__}", (trainer_class,), {"_get_train_sampler": _get_train_sampler})
 
 
 class ForwardLogs(TrainerCallback):
