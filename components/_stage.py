@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -36,3 +38,14 @@ def setup_logging(stage: str) -> logging.Logger:
     for noisy in ("httpx", "httpx2", "httpcore", "openai", "urllib3", "datasets", "filelock", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger(stage)
+
+
+@contextmanager
+def named_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Errors of these kinds name the bad input (a file, a line, a field): print the message alone,
+    as plain text that stays copyable, and exit with code 2 instead of a traceback."""
+    try:
+        yield
+    except kinds as error:
+        typer.secho(str(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from components._stage import PARAMS_OPTION, setup_logging, stage_params
+from components._stage import PARAMS_OPTION, named_errors, setup_logging, stage_params
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -40,13 +40,14 @@ def main(
 ) -> None:
     config = stage_params(params)
     setup_logging("evaluate")
+    from moalign.control_tags import ControlTagError
+    from moalign.evaluation.ifbench.loading import IFBenchFormatError
     from moalign.evaluation.run import EvaluationInputError, evaluate_stage
     from moalign.evaluation.summary import print_summary
+    from moalign.models import ModelDirError
 
-    try:
+    with named_errors(EvaluationInputError, IFBenchFormatError, ControlTagError, ModelDirError):
         results = evaluate_stage(config, tasks, eval_pairs, policy, reference, out, metrics, benchmarks, generations)
-    except EvaluationInputError as error:
-        raise typer.BadParameter(str(error)) from None
     print_summary(results, config.dimensions.names)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from components._stage import PARAMS_OPTION, setup_logging, stage_params
+from components._stage import PARAMS_OPTION, named_errors, setup_logging, stage_params
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -22,10 +22,11 @@ def main(
 ) -> None:
     config = stage_params(params)
     log = setup_logging("prepare_model")
-    from moalign.models import prepare_base_model
+    from moalign.models import ModelDirError, prepare_base_model
 
     log.info("materialising model.source=%s into %s", config.model.source, out)
-    prepare_base_model(config.model.source, out, path=config.model.path, seed=config.seed)
+    with named_errors(ModelDirError):
+        prepare_base_model(config.model.source, out, path=config.model.path, seed=config.seed)
 
 
 if __name__ == "__main__":

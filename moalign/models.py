@@ -9,6 +9,7 @@ caches, so no later stage touches GGUF (or the network).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ TINY_LLAMA = dict(
 
 
 class ModelDirError(FileNotFoundError):
-    """A model directory a stage needs is missing or incomplete."""
+    """A model directory a stage needs is missing, incomplete or damaged."""
 
 
 # transformers asks at a terminal ([y/N]) before running Python code shipped with a model, and runs it
@@ -38,18 +39,70 @@ def allow_remote_code(allowed: bool) -> None:
     _trust_remote_code = bool(allowed)
 
 
+# the pickled weight files transformers (and PEFT) would load when a folder has no safetensors
+_PICKLED_WEIGHTS = ("pytorch_model*.bin", "adapter_model.bin")
+
+
+def check_model_files(model_dir: Path) -> None:
+    """Refuse, naming the file, what transformers would load silently wrong or fail on with a bare
+    parser error: pickled weights without safetensors (unpickling can run code, and weights under
+    unexpected names load as random ones), a config.json that is not a JSON object, a damaged
+    safetensors file (its header is read, not its tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    config = model_dir / "config.json"
+    if config.is_file():
+        try:
+            settings = json.loads(config.read_text(encoding="utf-8"))
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise ModelDirError(f"{config}: not valid JSON ({error})") from None
+        if not isinstance(settings, dict):
+            raise ModelDirError(f"{config}: must be a JSON object, got {type(settings).__name__}")
+    safetensors = sorted(model_dir.glob("*.safetensors"))
+    pickled = sorted(file for pattern in _PICKLED_WEIGHTS for file in model_dir.glob(pattern))
+    if pickled and not safetensors:
+        raise ModelDirError(
+            f"{pickled[0]}: pickled weights, which moalign does not load (unpickling can run code); "
+            "convert them to safetensors (save_pretrained(..., safe_serialization=True), in a sandbox)"
+        )
+    for file in safetensors:
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ModelDirError(f"{file}: damaged or truncated safetensors file ({error})") from None
+
+
 def from_pretrained(cls, source, **kwargs):
     """``cls.from_pretrained(source, **kwargs)`` that runs a model's own Python code only when
-    ``model.trust_remote_code`` allows it; otherwise a model that needs it fails naming the setting."""
+    ``model.trust_remote_code`` allows it (a model that needs it fails naming the setting), and from a
+    local folder loads safetensors only: any failure there is a :class:`ModelDirError` naming it."""
+    local = "gguf_file" not in kwargs and Path(source).is_dir()
+    if local:
+        check_model_files(Path(source))
     try:
         return cls.from_pretrained(source, trust_remote_code=_trust_remote_code, **kwargs)
     except ValueError as error:
-        if "trust_remote_code" not in str(error) or _trust_remote_code:
+        if "trust_remote_code" in str(error) and not _trust_remote_code:
+            raise ModelDirError(
+                f"{source}: this model ships its own Python code, which moalign does not run unless "
+                "params.yaml sets model.trust_remote_code: true (read the code first)"
+            ) from None
+        if not local:
             raise
-        raise ModelDirError(
-            f"{source}: this model ships its own Python code, which moalign does not run unless "
-            "params.yaml sets model.trust_remote_code: true (read the code first)"
-        ) from None
+        raise _unloadable(source, cls, error) from error
+    except (OSError, TypeError) as error:
+        if not local or isinstance(error, ModelDirError):
+            raise
+        raise _unloadable(source, cls, error) from error
+
+
+def _unloadable(source, cls, error: Exception) -> ModelDirError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Tokenizer" in cls.__name__:
+        return ModelDirError(f"{source}: its tokenizer cannot be loaded ({first_line}); a model directory needs "
+                             "the tokenizer files save_pretrained writes (tokenizer.json, tokenizer_config.json)")
+    return ModelDirError(f"{source}: the model cannot be loaded ({first_line})")
 
 
 def pick_device() -> torch.device:

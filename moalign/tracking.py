@@ -35,6 +35,8 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from moalign.credentials import SECRET_WORDS, redact_url_password  # noqa: E402
+
 __all__ = [
     "ExperimentNotFound",
     "RUN_FILE",
@@ -74,8 +76,7 @@ _MAX_PARAM_VALUE = 6000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
-# A key is secret when one of these words appears in it (case-insensitive) ...
-_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential")
+# A key is secret when one of credentials.SECRET_WORDS appears in it (case-insensitive) ...
 # ... outside a dotted component that is known to be harmless: token *counts* such as
 # ``max_new_tokens`` / ``max_tokens`` and the tokenizer's name or path. Without this exception every
 # generation-length setting in params.yaml would be dropped as a "token".
@@ -208,7 +209,7 @@ def is_secret_key(key: str) -> bool:
     remainder = ".".join(
         "" if _HARMLESS_COMPONENT.fullmatch(part) else part for part in key.split(".")
     ).lower()
-    return any(word in remainder for word in _SECRET_WORDS)
+    return any(word in remainder for word in SECRET_WORDS)
 
 
 def _flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -274,15 +275,6 @@ def _param_entities(params: Mapping[str, Any]) -> list[Param]:
         _logger.info("not logging %d secret-looking params: %s", len(dropped), ", ".join(dropped))
     return [Param(_metric_key(key), redact_url_password(value)[:_MAX_PARAM_VALUE])
             for key, value in flat_params.items() if key not in dropped]
-
-
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s:/@]*):[^\s@/]*@")
-
-
-def redact_url_password(value: str) -> str:
-    """``value`` with the password of any URL in it masked: a tracking server or judge endpoint may
-    be given as ``postgresql://user:secret@host/db``, and the key names no credential."""
-    return _URL_PASSWORD.sub(r"\g<head>:***@", value)
 
 
 # --------------------------------------------------------------------------------------------------

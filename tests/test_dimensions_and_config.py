@@ -157,3 +157,79 @@ def test_non_finite_numbers_are_refused_by_key(tmp_path, value):
     path.write_text(f"train:\n  beta: {value}\n")
     with pytest.raises(ParamsError, match=r"train\.beta.*finite"):
         load_params(path)
+
+
+@pytest.mark.parametrize("value", [
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "models--meta-llama--Llama-3.1-8B/snapshots/5206a32e0bd3067aef1ce90f5528ade7d866253f",
+    "Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4",
+    "instruction_following_and_harmlessness_of_the_answer",  # words, however long
+    "moalign-amopo-sweep-learning-rate-0001-beta-08",
+    "sk-learn-compatible-model",
+    "https://api.openai.com/v1",
+    "https://alice@llm.example.com/v1",  # a user name alone is no credential
+    "https://llm.example.com/openai/v1?api-version=2024-02-01",
+    "postgresql://mlflow@db:5432/mlflow",
+    "sqlite:///mlflow.db",
+    TEMPLATE,
+])
+def test_legitimate_values_do_not_look_like_credentials(value):
+    from moalign.credentials import credential_shape
+
+    assert credential_shape(value) is None
+    judge = {"backend": "openai_compatible", "base_url": "https://api.openai.com/v1", "model": value}
+    assert parse_params({"judge": judge}).judge.model == value
+
+
+@pytest.mark.parametrize("value", [
+    "sk-proj-Xq3fT9vLm2Rk8WbN4pYc7HdJ0sGa5EuZ",
+    "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl",
+    "5206a32e0bd3067aef1ce90f5528ade7",  # an opaque token: nothing in params.yaml is a bare hash
+    "https://llm.example.com/v1?token=abc",
+    "https://9fK2mQx7RtL4pZw8VbN3cYs6HdJ1gAe5UoT0iPq@llm.example.com/v1",
+    "Focus on {dimension}; key sk-ant-api03-Kd83jfL2mQp9ZxR7tW1yB4nV6cH0gS5e\n{prompt}",  # anywhere in a text
+])
+def test_credentials_are_refused_in_any_string_and_never_echoed(value):
+    from moalign.credentials import credential_shape
+
+    assert credential_shape(value)
+    for raw in ({"dimensions": {"names": ["correctness", value]}}, {"reward": {"classes": {value: 2}}},
+                {"train": {"lora": {"target_modules": [value]}}}, {"register": {"experiment": value}}):
+        with pytest.raises(ParamsError, match="looks like") as error:
+            parse_params(raw)
+        assert value not in str(error.value)
+
+
+def test_a_tracking_server_password_from_the_environment_is_used_but_never_printed(monkeypatch):
+    from typer.testing import CliRunner
+
+    import moalign.config as config
+    from moalign.cli import app
+
+    # only a value from params.yaml ends in dvc.lock: the environment's may carry a password
+    monkeypatch.setattr(config, "SERVER_TRACKING_URI", "postgresql://mlflow:Hunter2Secret@db:5432/mlflow")
+    assert load_params(ROOT / "params.yaml").register_.tracking_uri.endswith(":Hunter2Secret@db:5432/mlflow")
+    result = CliRunner().invoke(app, ["check-params", "--params", str(ROOT / "params.yaml")])
+    assert result.exit_code == 0 and "postgresql://mlflow:***@db:5432/mlflow" in result.output
+    assert "Hunter2Secret" not in result.output
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["correctness", " verbosity"], "starts or ends with whitespace"),
+    (["correctness", "<verbosity>"], "holds '<', '>' or a line break"),
+])
+def test_dimension_names_a_control_tag_can_carry(names, message):
+    with pytest.raises(ParamsError, match=rf"dimensions\.names\.1: .*{message}"):
+        parse_params({"dimensions": {"names": names}})
+
+
+def test_a_template_may_hold_literal_braces_and_a_score_format():
+    template = 'Focus on {dimension} ({score:>2}/5). Reply as {{"score": n}}.\n{prompt}'
+    assert parse_params({"dimensions": {"template": template}}).dimensions.template == template
+
+
+def test_a_folder_given_as_params_is_named_not_a_traceback(tmp_path):
+    with pytest.raises(ParamsError, match="cannot be read"):
+        load_params(tmp_path)

@@ -130,7 +130,8 @@ def test_token_counts_are_not_secrets(key: str) -> None:
 
 
 def test_passwords_in_urls_are_masked_before_logging() -> None:
-    from moalign.tracking import _param_entities, redact_url_password
+    from moalign.credentials import redact_url_password
+    from moalign.tracking import _param_entities
 
     assert redact_url_password("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
     assert redact_url_password("http://user:p%40ss@host/api and https://h/x") == "http://user:***@host/api and https://h/x"

@@ -95,11 +95,15 @@ def load_ifbench(path: str | Path) -> list[IFBenchPrompt]:
     path = Path(path)
     items: list[IFBenchPrompt] = []
     seen: dict[Any, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, raw in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # decoded line by line, so that a bad byte is named by its line
+        for lineno, data in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise IFBenchFormatError(f"{where}: not valid UTF-8 ({exc.reason})") from None
             if not raw.strip():
                 continue
-            where = f"{path}:{lineno}"
             item = _parse_line(raw, where)
             if item.key in seen:
                 raise IFBenchFormatError(
