@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -29,15 +29,35 @@ class AnnotationStats:
     pairs: int = 0
     paired_prompts: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count, so no prompt vanishes unseen
+    judge_failed: dict | None = None  # judge_failure_summary(); None for a judge that cannot fail
 
     def as_dict(self) -> dict:
-        return {
+        stats = {
             "prompts": self.prompts,
             "candidates": self.candidates,
             "pairs": self.pairs,
             "paired_prompts": self.paired_prompts,
             "skipped": dict(sorted(self.skipped.items())),
         }
+        return stats if self.judge_failed is None else {**stats, "judge_failed": self.judge_failed}
+
+
+def judge_failure_summary(judge: Judge, items_failed: int) -> dict | None:
+    """What the stage summary says of the judge's failed calls: ``items`` left without a score on
+    some dimension, the failed ``calls`` ``by_kind`` and the ``endpoint`` (an LLM judge's
+    ``failure_summary``); None for a judge without one (the programmatic judge never fails)."""
+    summary = getattr(judge, "failure_summary", None)
+    return {"items": items_failed, **summary()} if callable(summary) else None
+
+
+def describe_judge_failures(stats: Mapping) -> str | None:
+    """The stage's closing line on judge failures, or None when there were none."""
+    failed = stats.get("judge_failed") or {}
+    if not failed.get("calls"):
+        return None
+    kinds = ", ".join(f"{kind} {count}" for kind, count in failed["by_kind"].items())
+    return (f"the judge at {failed['endpoint']} failed {failed['calls']} calls ({kinds}) after its retries: "
+            f"{failed['items']} items lack a score on some dimension; a rerun asks again the calls that got no reply")
 
 
 #: how one prompt's scored candidates become pairs (:func:`pairs_from_candidates`); annotate.pairing
@@ -160,6 +180,7 @@ def annotate(
         stats.paired_prompts += bool(pairs)
         rows.extend(pairs)
     stats.pairs = len(rows)
+    stats.judge_failed = judge_failure_summary(judge, stats.skipped["candidate_not_fully_scored"])
     stats.skipped = +stats.skipped  # drop zero counts
     return rows, scored, stats
 
@@ -317,7 +338,10 @@ def annotate_from_file(config, judge, rejected_path):
         rows, audit, judged = fill_missing_scores(rows, judge, config.dimensions.names)
     except ValueError as error:
         raise AnnotationInputError(str(error)) from None
-    return rows, audit, {**loaded.as_dict(), **dict(judged), "source": str(data.path), "format": data.format}
+    stats = {**loaded.as_dict(), **dict(judged), "source": str(data.path), "format": data.format}
+    # an item here is a judged response; the validate stage quarantines its pair (scores_complete)
+    failed = judge_failure_summary(judge, sum(bool(set(line["judged"]) - set(line["scores"])) for line in audit))
+    return rows, audit, stats if failed is None else {**stats, "judge_failed": failed}
 
 
 def select_prompts(pool: Sequence[TaskPrompt], n_train: int, n_eval: int) -> list[TaskPrompt]:

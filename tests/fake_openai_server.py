@@ -29,7 +29,9 @@ ones included), ``per_prompt`` (requests per first-user-message text: re-asks an
 judge call count under its prompt), ``answered`` (the same, counting only requests answered with a
 reply: no injected failure or fault), ``max_in_flight`` (the most requests inside the server at one
 time, waiting or served), ``failed`` (injected failures and faults sent), ``faults`` (faults sent
-per kind), ``authorization`` (the distinct ``Authorization`` headers seen).
+per kind), ``authorization`` (the distinct ``Authorization`` headers seen). ``stats(brief=True)``
+gives counts in place of the per-prompt dicts (``answered_calls``, ``answered_twice``...), for load
+runs whose prompts would make those dicts large.
 
 Use it as a context manager, or through the ``fake_openai`` pytest fixture at the bottom::
 
@@ -143,18 +145,23 @@ class _State:
             self.faults: collections.Counter[str] = collections.Counter()
             self.authorization: set[str] = set()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, brief: bool = False) -> dict[str, Any]:
+        """The counters; ``brief``: counts in place of the per-prompt dicts, whose keys are whole
+        prompts (tens of MB over HTTP after a 10,000-item load run)."""
         with self.lock:
-            return {
+            counts = {
                 "total": self.total,
                 "failed": self.failed,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
-                "per_prompt": dict(self.per_prompt),
-                "answered": dict(self.answered),
                 "faults": dict(self.faults),
                 "authorization": sorted(self.authorization),
             }
+            if brief:
+                return {**counts, "prompts": len(self.per_prompt), "answered_calls": self.answered.total(),
+                        "answered_prompts": len(self.answered),
+                        "answered_twice": sum(n > 1 for n in self.answered.values())}
+            return {**counts, "per_prompt": dict(self.per_prompt), "answered": dict(self.answered)}
 
 
 class _InjectedReset(Exception):
@@ -270,7 +277,7 @@ def build_app(config: FakeServerConfig, state: _State):
         ]})
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(state.snapshot())
+        return JSONResponse(state.snapshot(brief="brief" in request.query_params))
 
     async def reset(request: Request) -> Response:
         state.reset()
@@ -410,11 +417,13 @@ class FakeOpenAIServer:
 
     # -- counters ------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, brief: bool = False) -> dict[str, Any]:
+        """The counters (:meth:`_State.snapshot`; ``brief``: counts, not per-prompt dicts)."""
         if self.process:
-            with urllib.request.urlopen(f"{self.base}/_fake/stats", timeout=10) as answer:
+            query = "?brief=1" if brief else ""
+            with urllib.request.urlopen(f"{self.base}/_fake/stats{query}", timeout=10) as answer:
                 return json.loads(answer.read())
-        return self._state.snapshot()
+        return self._state.snapshot(brief)
 
     def reset(self) -> None:
         """Zero the counters (the failure injection counts from zero again too)."""

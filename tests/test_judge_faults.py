@@ -4,16 +4,23 @@ asked twice. Against the loopback fake server's seeded fault injection."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import openai
 import openai._base_client
 import pytest
+from typer.testing import CliRunner
 
-from moalign.data.schema import TaskPrompt
-from moalign.judges.llm import EndpointConfig, EndpointDown, LLMJudge, load_templates
+from components import annotate as annotate_component
+from moalign.config import Params
+from moalign.data.schema import PreferenceRow, TaskPrompt, read_jsonl, write_jsonl
+from moalign.judges.llm import EndpointConfig, EndpointDown, LLMJudge, failure_kind, load_templates
+from moalign.validation import validate_pairs
 from tests.fake_openai_server import FAULTS, FakeOpenAIServer, FakeServerConfig, default_reply
 
 DIMS = ("helpfulness", "harmlessness")
@@ -30,6 +37,8 @@ NAMED = {
     "http_500": "HTTP 500",
     "http_429": "HTTP 429",
 }
+#: the stage summary's kind (moalign.judges.llm.failure_kind) of each fault kind of the fake server
+KIND = {kind: kind for kind in FAULTS} | {"reset": "connection_reset", "http_500": "http_500", "http_429": "http_429"}
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +106,7 @@ def test_each_fault_at_a_high_rate(kind, serve, tmp_path, caplog):
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == len(lost)
     assert all(server.url in line and NAMED[kind] in line for line in failures), failures[:2]
+    assert judge.failure_summary() == {"calls": len(lost), "by_kind": {KIND[kind]: len(lost)}, "endpoint": server.url}
     # no answered call asked twice; an unanswered call is not cached, so a rerun may ask it again
     answered = server.answered
     assert set(answered.values()) == {1} and sum(answered.values()) == len(batch) * len(DIMS) - len(lost)
@@ -163,6 +173,8 @@ def test_reask_answered_then_faults_is_cached_so_no_answered_request_repeats(ser
     with judge_for(server, cache, dimensions=["helpfulness"]) as again:
         assert again.score_batch([item]) == [{}]
         assert again.cache_hits == 1
+        # a failure taken from the cache is still this run's unscored item, named as when it happened
+        assert again.failure_summary()["by_kind"] == {"http_500": 1}
     assert server.total == 0
 
 
@@ -199,3 +211,117 @@ def test_fault_draws_are_seeded_and_checked():
         FakeServerConfig(faults={"gremlins": 0.1})
     with pytest.raises(ValueError, match="sum to at most 1"):
         FakeServerConfig(faults={"reset": 0.6, "http_500": 0.6})
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    ("unparseable reply", "unparseable_reply"),
+    ("http://h/v1: HTTP 500, after 5 retries", "http_500"),
+    ("http://h/v1: HTTP 429, after 5 retries", "http_429"),
+    ("http://h/v1: DecodingError: malformed JSON body (Expecting value: line 1), after 5 retries", "malformed_json"),
+    ("http://h/v1: DecodingError: a text/html body, not JSON, after 5 retries", "wrong_content_type"),
+    ("http://h/v1: DecodingError: no choices in the completion, after 5 retries", "empty_choices"),
+    ("http://h/v1: DecodingError: no message content in the completion, after 5 retries", "missing_content"),
+    ("http://h/v1: ReadTimeout, after 5 retries", "timeout"),
+    ("http://h/v1: Request timed out., after 5 retries", "timeout"),
+    ("http://h/v1: RemoteProtocolError: peer closed connection without sending complete message body, after 1 retries",
+     "connection_reset"),
+    ("http://h/v1: ReadError: [Errno 104] Connection reset by peer, after 1 retries", "connection_reset"),
+    ("http://h/v1: ConnectError: [Errno 111] Connection refused, after 1 retries", "connection_error"),
+    # only the fault counts, not the endpoint's name
+    ("https://reset-timeout.example/v1: HTTP 503, after 2 retries", "http_503"),
+    ("http://u:p@reset.example/v1: DecodingError: malformed JSON body (x), after 2 retries", "malformed_json"),
+    ("http://h/v1: SomethingNew: surprise, after 1 retries", "other"),
+])
+def test_failure_kind_names_each_fault(error, kind):
+    assert failure_kind(error) == kind
+
+
+def test_annotate_stage_summary_names_failed_calls_and_the_gate_quarantines_their_pairs(serve, tmp_path, caplog):
+    """A file whose pairs lack verbosity: the judge scores it through a faulty endpoint. stats.json and the
+    stage's closing line count the failed calls by kind and name the endpoint; the validation gate
+    quarantines exactly the pairs left without a verbosity score."""
+    dims = ["helpfulness", "correctness", "verbosity"]
+    records = [
+        {"id": f"r{i}", "prompt": f"Prompt number {i}?",
+         "chosen": {"response": f"A careful answer {i}.", "helpfulness": 4, "correctness": 4},
+         "rejected": {"response": f"A sloppy answer {i}.", "helpfulness": 1, "correctness": 1}}
+        for i in range(12)
+    ]
+    write_jsonl(tmp_path / "pairs.jsonl", records)
+    server = serve(faults={"malformed_json": 0.3, "http_500": 0.25, "reset": 0.2}, fault_seed=4)
+    params = Params.model_validate({
+        "dimensions": {"names": dims},
+        "data": {"source": "file", "path": str(tmp_path / "pairs.jsonl"), "format": "amopo", "eval_fraction": 0.0},
+        "judge": {"backend": "openai_compatible", "base_url": server.url, "model": "fake-judge",
+                  "cache_path": str(tmp_path / "cache.sqlite"), "max_retries": RETRIES, "concurrency": 4},
+    })
+    (tmp_path / "params.yaml").write_text(json.dumps(params.model_dump(by_alias=True)))
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(annotate_component.app, [
+            "--tasks", "unused", "--model", "unused", "--out", str(tmp_path / "out"),
+            "--params", str(tmp_path / "params.yaml"),
+        ])
+    assert result.exit_code == 0, result.output
+
+    # the calls lost for good, and the fault of their last try: the draws are seeded
+    template = load_templates(["verbosity"])["verbosity"]
+    lost: dict[tuple[str, str], str] = {}
+    for record in records:
+        for side in ("chosen", "rejected"):
+            text = template.render(record["prompt"], record[side]["response"])
+            if fails_for_good(server.config, text):
+                lost[record["prompt"], side] = KIND[server.config.fault_for(text, RETRIES + 1)]
+    rows = read_jsonl(tmp_path / "out/pairs.jsonl", PreferenceRow)
+    lost_pairs = {row.id for row in rows for prompt, _ in lost if row.prompt == prompt}
+    assert len(set(lost.values())) > 1 and 0 < len(lost_pairs) < len(records)  # the seed gives a mix
+
+    stats = json.loads((tmp_path / "out/stats.json").read_text())
+    assert stats["judge_failed"] == {
+        "items": len(lost), "calls": len(lost), "by_kind": dict(sorted(Counter(lost.values()).items())),
+        "endpoint": server.url,
+    }
+    assert stats["judge_failures"] == len(lost)
+    closing = [r.getMessage() for r in caplog.records if "judge_failed" in r.getMessage()]
+    assert len(closing) == 1 and f"at {server.url} failed {len(lost)} calls" in closing[0], closing
+    assert f"{len(lost)} items lack a score" in closing[0]
+    assert all(f"{kind} {n}" in closing[0] for kind, n in Counter(lost.values()).items())
+
+    # downstream: the gate quarantines exactly those pairs, under scores_complete
+    assert {r.id for r in rows if "verbosity" not in r.chosen.scores or "verbosity" not in r.rejected.scores} \
+        == lost_pairs
+    report = validate_pairs(rows, dimensions=dims, max_tokens=1000, count_tokens=lambda text: len(text.split()))
+    assert {q.row.id: q.failed for q in report.quarantined} == {pair: ["scores_complete"] for pair in lost_pairs}
+    assert len(report.valid) == len(records) - len(lost_pairs)
+
+
+def test_failure_summary_masks_the_endpoints_password(serve, tmp_path):
+    # params.yaml refuses such a base_url, but an EndpointConfig made in code may carry one
+    server = serve(faults={"reset": 1.0})
+    url = server.url.replace("http://", "http://judge:TOPSECRET@")
+    config = EndpointConfig(base_url=url, model="fake-judge", max_retries=0, concurrency=1)
+    with LLMJudge(["helpfulness"], config, tmp_path / "cache.sqlite") as judge:
+        assert judge.score_batch(items(3)) == [{}, {}, {}]
+        assert judge.failure_summary() == {"calls": 3, "by_kind": {"connection_reset": 3},
+                                           "endpoint": server.url.replace("http://", "http://judge:***@")}
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("load_bench", Path(__file__).parents[1] / "benchmarks/load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_benchmark_accounts_for_every_item_and_repeats_no_answered_call(tmp_path):
+    """benchmarks/load.py's core at a small size: 300 items at concurrency 16 with 10 % faults, no retries
+    (so about one call in ten fails), the server in a thread."""
+    result = _load_benchmark().run_load(items=300, concurrency=16, fault_rate=0.1, max_retries=0,
+                                        server_process=False, folder=tmp_path, sample_every=0.01)
+    assert result["ok"] and result["accounted"]
+    assert result["items_completed"] + result["items_failed"] == result["items_scored"] == 300
+    assert result["calls_failed"] == result["unscored_calls"] == result["failures_named"] > 20
+    assert sum(result["failed_by_kind"].values()) == result["calls_failed"]
+    assert result["answered_twice"] == 0 and result["answered_calls"] == 600 - result["calls_failed"]
+    assert result["requests"] == 600  # no retries: one request per call
+    assert result["max_in_flight"] <= 16
+    assert 0 < result["rss_start_mib"] <= result["rss_peak_mib"] and result["samples"] > 2

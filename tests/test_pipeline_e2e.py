@@ -216,20 +216,31 @@ def test_retraining_the_reward_model_leaves_an_offline_policy_alone(project):
     assert json.loads((project / "data/policy_inputs.json").read_text())["reward_model"] is None
 
 
-def test_exp_run_on_a_local_file_with_an_llm_judge(project):
+def test_exp_run_on_a_local_file_with_an_llm_judge(project, monkeypatch):
     """data.source and judge.backend switch by params alone: the AMoPO authors' format, with the
-    dimensions the file lacks (verbosity, harmlessness) scored by an OpenAI-compatible endpoint."""
+    dimensions the file lacks (verbosity, harmlessness) scored by an OpenAI-compatible endpoint.
+    The endpoint's API key reaches the endpoint and no file of the project, nor the stages' output."""
+    import secrets
+
     from tests.fake_openai_server import FakeOpenAIServer
 
+    key = f"sk-e2e-{secrets.token_hex(16)}"
+    monkeypatch.setenv("MOALIGN_E2E_JUDGE_KEY", key)
     try:
         with FakeOpenAIServer() as server:
-            run(["dvc", "exp", "run",
-                 "-S", "data.source=file", "-S", "data.path=data/raw/examples/amopo.jsonl", "-S", "data.format=amopo",
-                 "-S", "data.eval_fraction=0.4", "-S", "judge.backend=openai_compatible",
-                 "-S", f"judge.base_url={server.url}", "-S", "judge.model=fake-judge"], project)
-            calls = server.total
+            result = run(["dvc", "exp", "run",
+                          "-S", "data.source=file", "-S", "data.path=data/raw/examples/amopo.jsonl",
+                          "-S", "data.format=amopo", "-S", "data.eval_fraction=0.4",
+                          "-S", "judge.backend=openai_compatible", "-S", f"judge.base_url={server.url}",
+                          "-S", "judge.model=fake-judge", "-S", "judge.api_key_env=MOALIGN_E2E_JUDGE_KEY"], project)
+            calls, sent = server.total, server.authorization
     finally:  # `dvc exp run -S` edits the workspace's params.yaml: put the embedded default back
         run(["git", "checkout", "--", "params.yaml"], project)
+    assert sent == {f"Bearer {key}"}
+    assert key not in result.stdout + result.stderr
+    holding = [str(path.relative_to(project)) for path in project.rglob("*")
+               if path.is_file() and key.encode() in path.read_bytes()]
+    assert holding == [], "the API key was written to disk"  # mlflow.db, mlartifacts, cache, dvc.lock, .git...
     stats = json.loads((project / "data/annotated/stats.json").read_text())
     assert stats["records"] == 8 and stats["judged_responses"] == 16 and stats["judge_failures"] == 0
     pairs = [json.loads(line) for line in (project / "data/annotated/pairs.jsonl").read_text().splitlines()]

@@ -11,7 +11,8 @@ connection errors with exponential backoff and jitter and honours ``Retry-After`
 not re-implement that; a 200 whose body cannot be used (not JSON, no choices, no message content),
 which the SDK would not retry, is turned into a transport error that it does retry the same way
 (:func:`_refuse_unusable_body`). A call whose request still fails after those retries is that
-call's failure, named with the endpoint, and the other calls go on; an error of the request or the
+call's failure, named with the endpoint and counted by kind (:meth:`LLMCaller.failure_summary`, in
+the annotate stage's ``stats.json``), and the other calls go on; an error of the request or the
 setup (another 4xx: a bad key, a wrong model) stops the run, as does an endpoint that fails many
 calls in a row (:class:`EndpointDown`). moalign adds what the SDK lacks for paid annotation runs:
 bounded concurrency, a per-run budget (calls and tokens) that stops cleanly, and the SQLite cache
@@ -36,6 +37,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -271,6 +273,34 @@ def _endpoint_fault(error: Exception) -> str | None:
     return None
 
 
+#: a failed call's kind, for the stage summary: the first pattern its error's fault text matches.
+#: The text, not the exception, so that a failure taken from the cache (its error string) is named
+#: the same way as one that happened in this run.
+_FAILURE_KINDS = (
+    ("malformed_json", re.compile(r"malformed JSON body")),
+    ("wrong_content_type", re.compile(r"body, not JSON")),
+    ("empty_choices", re.compile(r"no choices in the completion")),
+    ("missing_content", re.compile(r"no message content")),
+    ("timeout", re.compile(r"timeout|timed out", re.IGNORECASE)),
+    ("connection_reset", re.compile(r"RemoteProtocolError|ReadError|peer closed|reset", re.IGNORECASE)),
+    ("connection_error", re.compile(r"ConnectError|connection error|refused", re.IGNORECASE)),
+)
+
+
+def failure_kind(error: str | None) -> str:
+    """The kind of a failed call from its ``error`` (``http_500``, ``malformed_json``, ``timeout``,
+    ``connection_reset``, ``unparseable_reply``...; ``other`` when nothing matches)."""
+    if error is None or error == _UNPARSEABLE:
+        return "unparseable_reply"
+    # "<base_url>: <fault>, after N retries": only the fault counts (a host may be named "reset")
+    head, sep, fault = error.partition(": ")
+    fault = fault if sep and "://" in head else error
+    status = re.search(r"\bHTTP (\d{3})\b", fault)
+    if status:
+        return f"http_{status.group(1)}"
+    return next((kind for kind, pattern in _FAILURE_KINDS if pattern.search(fault)), "other")
+
+
 @functools.cache
 def _shared_tls_context():
     """The default TLS context of the SDK's HTTP library, made once per process.
@@ -352,6 +382,9 @@ class LLMCaller:
         self.budget = _Budget(endpoint.max_calls, endpoint.max_total_tokens)
         self.failures = 0  # calls made by this judge that failed: no parseable reply, or no reply
         self.cache_hits = 0
+        # key -> failure_kind of every failed outcome a batch returned, cached failures included:
+        # what failure_summary() reports. Failures only, so it stays small on a large run
+        self.failed_calls: dict[str, str] = {}
 
     @staticmethod
     def check_endpoint(endpoint: EndpointConfig) -> None:
@@ -418,7 +451,20 @@ class LLMCaller:
                 pending[spec.key] = spec
         if pending:
             await self._call_all(pending, cached)
+        for spec in specs:
+            call = cached.get(spec.key)
+            if call is not None and call.result is None:
+                self.failed_calls[spec.key] = failure_kind(call.error)
         return cached
+
+    def failure_summary(self) -> dict[str, Any]:
+        """The failed calls of every batch so far (made now, or failures taken from the cache): how
+        many, by :func:`failure_kind`, and the endpoint (its password masked)."""
+        from moalign.credentials import redact_url_password
+
+        by_kind = Counter(self.failed_calls.values())
+        return {"calls": len(self.failed_calls), "by_kind": dict(sorted(by_kind.items())),
+                "endpoint": redact_url_password(self.endpoint.base_url)}
 
     async def _call_all(self, pending: dict[str, JudgeCall], cached: dict[str, CachedCall]) -> None:
         from tqdm.auto import tqdm
@@ -493,10 +539,14 @@ class LLMCaller:
                 fault = _endpoint_fault(error)
                 if fault is None:
                     raise
-                # this call's failure, not the run's; attempts: the requests that were answered
+                from moalign.credentials import redact_url_password
+
+                # this call's failure, not the run's; attempts: the requests that were answered. The
+                # text is cached and logged: any credentials of the endpoint's URL are masked
                 return CachedCall(
                     score=None, reply=reply or None, attempts=attempt - 1, tokens=tokens,
-                    error=f"{self.endpoint.base_url}: {fault}, after {self.endpoint.max_retries} retries",
+                    error=redact_url_password(f"{self.endpoint.base_url}: {fault}, after "
+                                              f"{self.endpoint.max_retries} retries"),
                 )
             usage = getattr(completion, "usage", None)
             used = int(getattr(usage, "total_tokens", 0) or 0)
