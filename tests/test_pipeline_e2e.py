@@ -180,6 +180,7 @@ def test_registered_version_in_mlflow(project):
     assert len(weights) == len(client.get_metric_history(record["run_id"], "loss")) > 1
 
 
+@pytest.mark.slow  # 150 s: a second full training, evaluation and registration
 def test_exp_run_trains_a_baseline_with_param_overrides(project):
     run(["dvc", "exp", "run", "-S", "train.method=dpo", "-S", "train.beta=0.2"], project)
     diff = json.loads(run(["dvc", "params", "diff", "--json"], project).stdout)
