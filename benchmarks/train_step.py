@@ -1,20 +1,27 @@
 """Training-step throughput and peak memory: moalign's trainer against TRL's, on the same pairs.
 
-Run from the repository root (CPU only, fp32; the real measurement takes a while on SmolLM2)::
+Run from the repository root (fp32 on the CPU unless told otherwise; the real measurement takes a
+while on SmolLM2)::
 
     .venv/bin/python benchmarks/train_step.py                      # models/base, 8 pairs, batch 4
-    .venv/bin/python benchmarks/train_step.py --model /tmp/tiny --pairs 4 --batch-size 2 --steps 2
+    .venv/bin/python benchmarks/train_step.py --model /tmp/tiny --pairs 4 --batch-size 2 --steps 2 --json /tmp/t.json
     .venv/bin/python benchmarks/train_step.py --only moalign-simpo --only trl-cpo-simpo --json out.json
+    .venv/bin/python benchmarks/train_step.py --device cuda --dtype bfloat16 --attn sdpa --gradient-checkpointing \
+        --only moalign-simpo --only moalign-amopo --only moalign-amopo-fast --json gpu.json
     .venv/bin/python benchmarks/train_step.py --help
 
 What it measures. Every configuration (row) trains the same model on the same first N pairs of
 ``data/validated/train.jsonl`` with the same batch size (pairs per optimizer step), maximum length,
-optimizer defaults, fp32 on the CPU, and either full fine-tuning or the same LoRA adapters
-(``--lora``; the adapter settings come from ``train.lora`` in params.yaml):
+optimizer defaults, device and precision (``--device``/``--dtype``: fp32 on the CPU by default), and
+either full fine-tuning or the same LoRA adapters (``--lora``; the adapter settings come from
+``train.lora`` in params.yaml):
 
 * ``moalign-simpo``  -- ``moalign.training.preference.train_policy`` with ``train.method=simpo``;
 * ``moalign-amopo``  -- the same with ``train.method=amopo``: each pair is scored under the K
-  dimension prompts (K = ``len(dimensions.names)``), so a step runs K x 2 sequences per pair;
+  dimension prompts (K = ``len(dimensions.names)``), so a step runs K x 2 sequences per pair, with
+  ``train.amopo_memory=low`` (a few pairs per forward and backward, at most SimPO's 2 x B sequences);
+* ``moalign-amopo-fast`` -- the same with ``train.amopo_memory=fast``: one forward over all B x K x 2
+  sequences of the step (moalign's AMoPO step before the low-memory one; the same gradients);
 * ``trl-cpo-simpo``  -- TRL's ``CPOTrainer`` (``trl.experimental.cpo`` in TRL 1.x) with
   ``loss_type="simpo"``, ``cpo_alpha=0`` (pure SimPO), the prompt rendered with the chat template;
 * ``trl-dpo``        -- TRL's ``DPOTrainer`` (sigmoid loss) with its reference model (a frozen copy
@@ -24,6 +31,17 @@ Each row runs in a fresh subprocess (this script with ``--_worker``), so the pea
 size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, read after the last optimizer step and before
 any final checkpoint is written) belongs to that configuration alone; a row that fails prints its
 error in the table and the other rows still run.
+
+On a GPU (``--device cuda``; ``--dtype bfloat16`` as moalign's ``dtype: auto`` picks there) the moalign
+rows go through ``train_policy(dtype=...)``, which places the model with ``moalign.models.pick_device``
+and sets the Trainer's bf16/fp16 from the dtype. moalign has no setting for the attention kernel or
+activation checkpointing, so ``--attn`` (``model.set_attn_implementation``) and
+``--gradient-checkpointing`` (``model.activation_checkpointing_enable()``, non-reentrant, as the
+Trainer's own ``activation_checkpointing`` does) are applied to the trained model by the step
+callback before the first step, the same way in every row. Each row then also records
+``peak_cuda_mib`` (``torch.cuda.max_memory_allocated`` after the last step; every row is a fresh
+process, and its peak is reset before training) and the ratio ``amopo_peak_cuda_memory_vs_simpo``;
+the step time is taken after a ``torch.cuda.synchronize()``.
 
 Per optimizer step it records, from a ``transformers.TrainerCallback``:
 
@@ -38,10 +56,15 @@ Per optimizer step it records, from a ``transformers.TrainerCallback``:
 Targets (from the issue), printed under the table as PASS/FAIL:
 
 * moalign SimPO tokens/s >= TRL CPO(simpo) tokens/s;
-* AMoPO s/pair <= 1.1 x K x SimPO s/pair (moalign's SimPO row).
+* AMoPO s/pair <= 1.1 x K x SimPO s/pair (moalign's SimPO row);
+* AMoPO peak RSS <= 1.3 x SimPO peak RSS (``amopo_peak_memory_vs_simpo``);
+* AMoPO (low) s/step <= 1.15 x AMoPO (fast) s/step (``amopo_low_vs_fast_time``);
+* on a GPU: AMoPO peak CUDA memory <= 1.3 x SimPO's (``amopo_peak_cuda_memory_vs_simpo``).
 
-The script is a measurement, not a test: it never fails on a missed target (exit status 1 means
-a row failed to run).
+The results (configuration, every row with its per-step times, the ratios, the targets and the
+machine's load average before and after) go to ``benchmarks/results/train_step.json`` unless
+``--json`` names another file. The script is a measurement, not a test: it never fails on a missed
+target (exit status 1 means a row failed to run).
 """
 
 from __future__ import annotations
@@ -63,14 +86,18 @@ if str(REPO_ROOT) not in sys.path:
 
 METHODS = {
     "moalign-simpo": "moalign SimPO",
-    "moalign-amopo": "moalign AMoPO",
+    "moalign-amopo": "moalign AMoPO (amopo_memory: low)",
+    "moalign-amopo-fast": "moalign AMoPO (amopo_memory: fast)",
     "trl-cpo-simpo": "TRL CPO (simpo, cpo_alpha=0)",
     "trl-dpo": "TRL DPO (sigmoid, ref model)",
 }
 AMOPO_TARGET = 1.1
+MEMORY_TARGET = 1.3  # AMoPO peak RSS / SimPO peak RSS at the same batch
+LOW_TIME_TARGET = 1.15  # AMoPO low-memory s/step / AMoPO one-forward s/step
+DEFAULT_JSON = REPO_ROOT / "benchmarks/results/train_step.json"
 
 WORKER_ENV = {
-    "CUDA_VISIBLE_DEVICES": "",  # fp32 on the CPU for every row, whatever the machine has
+    "CUDA_VISIBLE_DEVICES": "",  # --device cpu: every row on the CPU, whatever the machine has (dropped for cuda)
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
@@ -79,6 +106,11 @@ WORKER_ENV = {
     "WANDB_DISABLED": "true",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+def _worker_env(device: str) -> dict[str, str]:
+    """WORKER_ENV for a row on ``device``: the GPUs stay visible to a cuda row."""
+    return {k: v for k, v in WORKER_ENV.items() if device == "cpu" or k != "CUDA_VISIBLE_DEVICES"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="benchmarks/train_step.py",
         description=(
             "Time optimizer steps (tokens/s, pairs/s) and peak RSS of moalign SimPO and AMoPO against TRL's "
-            "CPOTrainer(simpo) and DPOTrainer on the same pairs, fp32 on the CPU, one subprocess per row."
+            "CPOTrainer(simpo) and DPOTrainer on the same pairs, fp32 on the CPU unless --device/--dtype say "
+            "otherwise, one subprocess per row."
         ),
         epilog=(
             "Methods: " + ", ".join(f"{k} ({v})" for k, v in METHODS.items()) + ". "
@@ -129,12 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train the train.lora adapters of params.yaml in every row instead of full fine-tuning")
     parser.add_argument("--learning-rate", type=float, default=1e-6,
                         help="same for every row; it does not change the timing, a small one keeps losses finite")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where every row trains (cuda: the GPU moalign.models.pick_device picks)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32",
+                        help="the model's dtype, passed to train_policy as params.yaml's model.dtype would be "
+                             "(auto: float32 on the CPU, bfloat16 on a GPU)")
+    parser.add_argument("--attn", default=None, metavar="IMPL",
+                        help="attention implementation set on the trained model (sdpa, eager, flash_attention_2, ...) "
+                             "[default: the one transformers loads the model with]")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="activation (gradient) checkpointing of the decoder layers, non-reentrant, in every row")
     parser.add_argument("--only", action="append", choices=list(METHODS), metavar="METHOD",
                         help="run only this method (repeatable); one of: " + ", ".join(METHODS))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads in every worker [default: torch's own choice]")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per row before it is killed")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON here")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="OUT",
+                        help="write the results as JSON here (a smoke run: name another file)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs even when every row succeeds")
     parser.add_argument("--seed", type=int, default=0)
     # internal: one row in this process
@@ -153,8 +197,16 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _make_step_recorder(prompts_per_pair: int):
-    """A TrainerCallback timing each optimizer step and counting the tokens of the policy's forwards."""
+def _cuda_in_use() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _make_step_recorder(prompts_per_pair: int, attn: str | None = None, checkpointing: bool = False):
+    """A TrainerCallback timing each optimizer step and counting the tokens of the policy's forwards.
+    Before the first step it sets the attention implementation ``attn`` (None: leave it) and, with
+    ``checkpointing``, turns on activation checkpointing of the trained model."""
     import torch
     from transformers import TrainerCallback
 
@@ -165,9 +217,16 @@ def _make_step_recorder(prompts_per_pair: int):
             self.ends: list[tuple[float, int, int]] = []  # (time, tokens so far, sequences so far)
             self.start = None
             self.peak_rss_mib = None
+            self.peak_cuda_mib = None
+            self.peak_cuda_reserved_mib = None
+            self.cuda_at_start_mib = None
             self.checkpointing = None
+            self.attn = None
+            self.model_dtype = None
+            self.device = None
             self.trainable = None
             self._handle = None
+            self._pending: list = []  # token counts still on the device
 
         def _count(self, module, args, kwargs):
             if not torch.is_grad_enabled():  # reference forwards (no-grad) are not trained sequences
@@ -175,7 +234,8 @@ def _make_step_recorder(prompts_per_pair: int):
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             mask = kwargs.get("attention_mask")
             if mask is not None:
-                self.tokens += int(mask.sum())
+                # kept as a tensor: int() here would wait for the GPU before every forward
+                self._pending.append(mask.sum())
                 self.sequences += int(mask.shape[0])
             elif input_ids is not None:
                 self.tokens += int(input_ids.numel())
@@ -183,14 +243,33 @@ def _make_step_recorder(prompts_per_pair: int):
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if model is not None and self._handle is None:
+                if attn is not None:
+                    model.set_attn_implementation(attn)
+                if checkpointing and not model.is_activation_checkpointing:
+                    model.activation_checkpointing_enable()  # non-reentrant, the Trainer's own default
+                    model.config.use_cache = False
                 self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
                 self.checkpointing = bool(getattr(model, "is_activation_checkpointing", False))
+                self.attn = getattr(model.config, "_attn_implementation", None)
+                self.model_dtype = str(model.dtype).removeprefix("torch.")
+                self.device = str(model.device)
                 self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if _cuda_in_use():
+                torch.cuda.synchronize()
+                self.cuda_at_start_mib = torch.cuda.memory_allocated() / 2**20  # weights (+ anything kept)
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if _cuda_in_use():
+                torch.cuda.synchronize()  # the step's kernels are queued, not done, when the Trainer returns
+            if self._pending:
+                self.tokens += int(torch.stack(self._pending).sum())
+                self._pending.clear()
             self.ends.append((time.perf_counter(), self.tokens, self.sequences))
             self.peak_rss_mib = _peak_rss_mib()  # before any final checkpoint or model save
+            if _cuda_in_use():
+                self.peak_cuda_mib = torch.cuda.max_memory_allocated() / 2**20
+                self.peak_cuda_reserved_mib = torch.cuda.max_memory_reserved() / 2**20
 
         def on_train_end(self, args, state, control, **kwargs):
             if self._handle is not None:
@@ -223,7 +302,15 @@ def _make_step_recorder(prompts_per_pair: int):
                 "s_per_pair": seconds / pairs if pairs else float("nan"),
                 "prompts_per_pair": prompts_per_pair,
                 "peak_rss_mib": self.peak_rss_mib,
+                **({} if self.peak_cuda_mib is None else {
+                    "peak_cuda_mib": self.peak_cuda_mib,
+                    "peak_cuda_reserved_mib": self.peak_cuda_reserved_mib,
+                    "cuda_at_start_mib": self.cuda_at_start_mib,
+                }),
                 "activation_checkpointing": self.checkpointing,
+                "attn_implementation": self.attn,
+                "model_dtype": self.model_dtype,
+                "model_device": self.device,
                 "trainable_parameters": self.trainable,
             }
 
@@ -239,7 +326,9 @@ def _load_rows(path: Path, n: int):
     return rows[:n]
 
 
-def _run_moalign(method: str, opts, params, rows, max_length: int, total_steps: int, workdir: Path) -> dict:
+def _run_moalign(method: str, opts, params, rows, max_length: int, total_steps: int, workdir: Path,
+                 amopo_memory: str = "low") -> dict:
+    from moalign.training.phases import objective_dimensions
     from moalign.training.preference import train_policy
 
     train = params.train
@@ -257,12 +346,13 @@ def _run_moalign(method: str, opts, params, rows, max_length: int, total_steps: 
         "logging_steps": 1,
         "save_steps": 10**9,  # no checkpoint inside the timed steps
         "lora": train.lora.model_copy(update={"enabled": opts.lora}),
+        "amopo_memory": amopo_memory,
     })
-    prompts = len(params.dimensions.names) if method == "amopo" else 1
-    recorder = _make_step_recorder(prompts)
+    prompts = len(objective_dimensions(train, params.dimensions.names)) if method == "amopo" else 1
+    recorder = _make_step_recorder(prompts, opts.attn, opts.gradient_checkpointing)
     train_policy(
         rows, opts.model, workdir / "out", workdir / "checkpoints",
-        train=train, dimensions=params.dimensions, dtype="float32", seed=opts.seed, callbacks=[recorder],
+        train=train, dimensions=params.dimensions, dtype=opts.dtype, seed=opts.seed, callbacks=[recorder],
     )
     return recorder.summary(opts.warmup_steps)
 
@@ -270,9 +360,13 @@ def _run_moalign(method: str, opts, params, rows, max_length: int, total_steps: 
 def _trl_common(opts, params, max_length: int, total_steps: int, workdir: Path, config_class) -> dict:
     import dataclasses
 
-    # TRL configs default to activation (gradient) checkpointing; moalign does not checkpoint. transformers 5
-    # renamed the argument (the old name still works, with a FutureWarning)
+    from moalign.models import resolve_dtype
+
+    # TRL configs default to activation (gradient) checkpointing; moalign does not checkpoint, and with
+    # --gradient-checkpointing the step recorder turns it on in every row alike. transformers 5 renamed the
+    # argument (the old name still works, with a FutureWarning)
     names = {f.name for f in dataclasses.fields(config_class)}
+    dtype = str(resolve_dtype(opts.dtype)).removeprefix("torch.")
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return dict(
         **{checkpointing: False},
@@ -288,25 +382,25 @@ def _trl_common(opts, params, max_length: int, total_steps: int, workdir: Path, 
         save_strategy="no",
         report_to=[],
         seed=opts.seed,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
+        bf16=dtype == "bfloat16",  # as moalign's Trainer arguments follow its dtype
+        fp16=dtype == "float16",
+        use_cpu=opts.device == "cpu",
         remove_unused_columns=False,
         disable_tqdm=True,
     )
 
 
 def _trl_model_and_data(opts, rows):
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from moalign.generation import chat_prompt
+    from moalign.models import resolve_dtype
 
     tokenizer = AutoTokenizer.from_pretrained(opts.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(opts.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(opts.model, dtype=resolve_dtype(opts.dtype))
     # the prompt exactly as moalign renders it (chat template, generation prompt); the responses as text
     # (both trainers append the EOS token, as moalign does)
     dataset = Dataset.from_list([
@@ -329,7 +423,7 @@ def _run_trl_cpo(opts, params, rows, max_length: int, total_steps: int, workdir:
         beta=params.train.beta,
         simpo_gamma=params.train.gamma,
     )
-    recorder = _make_step_recorder(1)
+    recorder = _make_step_recorder(1, opts.attn, opts.gradient_checkpointing)
     trainer = CPOTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[recorder],
         peft_config=lora_config(model, params.train.lora) if opts.lora else None,  # moalign's own adapters
@@ -350,7 +444,7 @@ def _run_trl_dpo(opts, params, rows, max_length: int, total_steps: int, workdir:
         beta=0.1,
         precompute_ref_log_probs=False,  # the reference model scores every batch, TRL's default
     )
-    recorder = _make_step_recorder(1)
+    recorder = _make_step_recorder(1, opts.attn, opts.gradient_checkpointing)
     trainer = DPOTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[recorder],
         peft_config=lora_config(model, params.train.lora) if opts.lora else None,  # moalign's own adapters
@@ -361,7 +455,7 @@ def _run_trl_dpo(opts, params, rows, max_length: int, total_steps: int, workdir:
 
 def run_worker(opts) -> None:
     """One row: train, then write the measurement as JSON to ``opts._result``."""
-    for key, value in WORKER_ENV.items():
+    for key, value in _worker_env(opts.device).items():
         os.environ.setdefault(key, value)
     import torch
 
@@ -369,6 +463,10 @@ def run_worker(opts) -> None:
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if opts.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda, but torch sees no GPU (torch.cuda.is_available() is False)")
+        torch.cuda.reset_peak_memory_stats()
     params = load_params(opts.params)
     max_length = opts.max_length or params.train.max_length
     rows = _load_rows(opts.data, opts.pairs)
@@ -378,12 +476,16 @@ def run_worker(opts) -> None:
         if opts._worker == "moalign-simpo":
             result = _run_moalign("simpo", opts, params, rows, max_length, total_steps, workdir)
         elif opts._worker == "moalign-amopo":
-            result = _run_moalign("amopo", opts, params, rows, max_length, total_steps, workdir)
+            result = _run_moalign("amopo", opts, params, rows, max_length, total_steps, workdir, "low")
+        elif opts._worker == "moalign-amopo-fast":
+            result = _run_moalign("amopo", opts, params, rows, max_length, total_steps, workdir, "fast")
         elif opts._worker == "trl-cpo-simpo":
             result = _run_trl_cpo(opts, params, rows, max_length, total_steps, workdir)
         else:
             result = _run_trl_dpo(opts, params, rows, max_length, total_steps, workdir)
     result["torch_threads"] = torch.get_num_threads()
+    if opts.device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
     opts._result.write_text(json.dumps(result))
 
 
@@ -416,7 +518,11 @@ def _worker_command(opts, method: str, result_path: Path) -> list[str]:
         "--pairs", str(opts.pairs), "--batch-size", str(opts.batch_size), "--steps", str(opts.steps),
         "--warmup-steps", str(opts.warmup_steps), "--learning-rate", repr(opts.learning_rate),
         "--seed", str(opts.seed), "--lora" if opts.lora else "--no-lora",
+        "--device", opts.device, "--dtype", opts.dtype,
+        "--gradient-checkpointing" if opts.gradient_checkpointing else "--no-gradient-checkpointing",
     ]
+    if opts.attn:
+        command += ["--attn", opts.attn]
     if opts.max_length:
         command += ["--max-length", str(opts.max_length)]
     if opts.threads:
@@ -428,7 +534,7 @@ def run_row(opts, method: str, log_dir: Path) -> dict:
     result_path = log_dir / f"{method}.json"
     log_path = log_dir / f"{method}.log"
     result_path.unlink(missing_ok=True)  # a repeat must not read the previous repeat's result
-    env = {**os.environ, **WORKER_ENV}
+    env = {**os.environ, **_worker_env(opts.device)}
     started = time.perf_counter()
     row = {"method": method, "label": METHODS[method], "log": str(log_path)}
     try:
@@ -472,6 +578,9 @@ def merge_repeats(runs: list[dict]) -> dict:
         step_seconds=[t for r in runs for t in r["step_seconds"]],
         wall_s=sum(r["wall_s"] for r in runs),
     )
+    for field in ("peak_cuda_mib", "peak_cuda_reserved_mib"):
+        if field in row:
+            row[field] = max(r[field] for r in runs)
     return row
 
 
@@ -479,7 +588,20 @@ def _fmt(value, spec: str) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def compute_targets(rows: dict[str, dict], k: int) -> tuple[dict | None, list[dict]]:
+def _ratio_target(rows: dict[str, dict], name: str, numerator: str, denominator: str, field: str, limit: float,
+                  what: str) -> tuple[float | None, dict]:
+    """``rows[numerator][field] / rows[denominator][field]`` against ``limit``, stored in the numerator's row."""
+    target = f"{what} ≤ {limit} × {METHODS[denominator]}"
+    if numerator not in rows or denominator not in rows:
+        return None, {"target": target, "passed": None, "detail": f"needs both the {numerator} and {denominator} rows"}
+    ratio = rows[numerator][field] / rows[denominator][field]
+    rows[numerator][name] = ratio
+    detail = f"ratio {ratio:.2f} ({rows[numerator][field]:.3f} vs {rows[denominator][field]:.3f})"
+    return ratio, {"target": target, "passed": ratio <= limit, "detail": detail}
+
+
+def compute_targets(rows: dict[str, dict], k: int) -> tuple[dict[str, float | None], list[dict]]:
+    """The targets and the ratios they test (None where a row they need is missing or failed)."""
     ok = {m: r for m, r in rows.items() if "error" not in r}
     ratio = None
     if "moalign-amopo" in ok and "moalign-simpo" in ok:
@@ -506,16 +628,33 @@ def compute_targets(rows: dict[str, dict], k: int) -> tuple[dict | None, list[di
     else:
         targets.append({"target": f"AMoPO s/pair ≤ {AMOPO_TARGET} × K × SimPO s/pair", "passed": None,
                         "detail": "needs both the moalign-amopo and moalign-simpo rows"})
-    return ratio, targets
+    memory, memory_target = _ratio_target(ok, "peak_rss_vs_simpo", "moalign-amopo", "moalign-simpo", "peak_rss_mib",
+                                          MEMORY_TARGET, "AMoPO peak RSS")
+    fast_memory, _ = _ratio_target(ok, "peak_rss_vs_simpo", "moalign-amopo-fast", "moalign-simpo", "peak_rss_mib",
+                                   MEMORY_TARGET, "AMoPO (fast) peak RSS")
+    time, time_target = _ratio_target(ok, "s_per_step_vs_fast", "moalign-amopo", "moalign-amopo-fast", "s_per_step",
+                                      LOW_TIME_TARGET, "AMoPO (low) s/step")
+    targets += [memory_target, time_target]
+    ratios = {"amopo_vs_k_simpo": ratio, "amopo_peak_memory_vs_simpo": memory,
+              "amopo_fast_peak_memory_vs_simpo": fast_memory, "amopo_low_vs_fast_time": time}
+    if any("peak_cuda_mib" in r for r in rows.values()):  # a GPU run: the memory that limits the batch there
+        cuda, cuda_target = _ratio_target(ok, "peak_cuda_vs_simpo", "moalign-amopo", "moalign-simpo", "peak_cuda_mib",
+                                          MEMORY_TARGET, "AMoPO peak CUDA memory")
+        fast_cuda, _ = _ratio_target(ok, "peak_cuda_vs_simpo", "moalign-amopo-fast", "moalign-simpo",
+                                     "peak_cuda_mib", MEMORY_TARGET, "AMoPO (fast) peak CUDA memory")
+        targets.append(cuda_target)
+        ratios.update(amopo_peak_cuda_memory_vs_simpo=cuda, amopo_fast_peak_cuda_memory_vs_simpo=fast_cuda)
+    return ratios, targets
 
 
 HEADERS = ["method", "steps timed", "s/step", "s/step range", "tokens/s", "pairs/s", "peak RSS (MiB)",
-           "AMoPO/(K×SimPO)"]
+           "RSS/SimPO", "AMoPO/(K×SimPO)"]
+CUDA_HEADERS = ["peak CUDA (MiB)", "CUDA/SimPO"]
 
 
-def table_cells(row: dict, with_error: bool) -> list[str]:
+def table_cells(row: dict, with_error: bool, cuda: bool = False) -> list[str]:
     if "error" in row:
-        cells = [row["label"], "ERROR", "—", "—", "—", "—", "—", "—"]
+        cells = [row["label"], "ERROR"] + ["—"] * (len(HEADERS) - 2)
     else:
         cells = [
             row["label"],
@@ -525,8 +664,11 @@ def table_cells(row: dict, with_error: bool) -> list[str]:
             _fmt(row["tokens_per_s"], ".1f"),
             _fmt(row["pairs_per_s"], ".3f"),
             _fmt(row["peak_rss_mib"], ".0f"),
+            _fmt(row.get("peak_rss_vs_simpo"), ".2f"),
             _fmt(row.get("amopo_vs_k_simpo"), ".2f"),
         ]
+    if cuda:
+        cells += [_fmt(row.get("peak_cuda_mib"), ".0f"), _fmt(row.get("peak_cuda_vs_simpo"), ".2f")]
     if with_error:
         error = row.get("error", "")
         cells.append(error if len(error) <= 300 else error[:297] + "...")
@@ -535,8 +677,9 @@ def table_cells(row: dict, with_error: bool) -> list[str]:
 
 def print_report(title: str, rows: list[dict], targets: list[dict]) -> None:
     with_error = any("error" in r for r in rows)
-    headers = HEADERS + (["error"] if with_error else [])
-    cells = [table_cells(r, with_error) for r in rows]
+    cuda = any("peak_cuda_mib" in r for r in rows)
+    headers = HEADERS + (CUDA_HEADERS if cuda else []) + (["error"] if with_error else [])
+    cells = [table_cells(r, with_error, cuda) for r in rows]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -584,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(opts.params)
     k = len(params.dimensions.names)
     methods = [m for m in METHODS if not opts.only or m in opts.only]
+    load_before = os.getloadavg()  # other work on the machine skews s/step (not the ratios of one run as much)
     with tempfile.TemporaryDirectory(prefix="train-step-model-") as tmp:
         if opts.model is None:
             opts.model, model_name = _default_model(Path(tmp))
@@ -605,11 +749,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[train_step]   {method}: {outcome} ({row['wall_s']:.0f} s)", file=sys.stderr)
         results = {method: merge_repeats(method_runs) for method, method_runs in runs.items()}
 
-    ratio, targets = compute_targets(results, k)
+    ratios, targets = compute_targets(results, k)
+    load_after = os.getloadavg()
     max_length = opts.max_length or params.train.max_length
+    precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(opts.dtype, opts.dtype)
+    extras = (f", attention {opts.attn}" if opts.attn else "") + (
+        ", activation checkpointing" if opts.gradient_checkpointing else "")
     title = (
         f"Train step, {model_name}: {opts.pairs} pairs, batch {opts.batch_size} pairs, max_length {max_length}, "
-        f"fp32 CPU, {'LoRA (train.lora)' if opts.lora else 'full fine-tuning'}, "
+        f"{precision} {opts.device.upper()}{extras}, {'LoRA (train.lora)' if opts.lora else 'full fine-tuning'}, "
         f"{opts.steps} timed step(s) after {opts.warmup_steps} warm-up, {opts.repeats} repeat(s), K={k}"
     )
     rows = [results[m] for m in methods]
@@ -630,11 +778,13 @@ def main(argv: list[str] | None = None) -> int:
             "config": {
                 "model": model_name, "pairs": opts.pairs, "batch_size": opts.batch_size, "steps": opts.steps,
                 "warmup_steps": opts.warmup_steps, "repeats": opts.repeats, "max_length": max_length, "lora": opts.lora,
-                "learning_rate": opts.learning_rate, "threads": opts.threads, "k": k, "dtype": "float32",
-                "device": "cpu", "data": str(opts.data),
+                "learning_rate": opts.learning_rate, "threads": opts.threads, "k": k, "dtype": opts.dtype,
+                "device": opts.device, "attn_implementation": opts.attn,
+                "gradient_checkpointing": opts.gradient_checkpointing, "data": str(opts.data),
             },
+            "load_average": {"before": load_before, "after": load_after},
             "rows": rows,
-            "amopo_vs_k_simpo": ratio,
+            **ratios,
             "targets": targets,
         }, indent=1, ensure_ascii=False))
         print(f"results written to {opts.json}")

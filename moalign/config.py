@@ -408,6 +408,13 @@ class TrainParams(_Section):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(4, ge=1, description="Pairs per device step (x K dimensions x 2 sequences).")
     gradient_accumulation_steps: int = Field(1, ge=1)
+    amopo_memory: Literal["low", "fast"] = Field(
+        "low",
+        description="AMoPO's step. low: forward and backward a few pairs at a time, at most 2 x batch_size "
+        "sequences (SimPO's step) or one pair's K x 2, so activations are SimPO's; fast: one forward over all "
+        "batch_size x K x 2 sequences. The gradients are the same (docs/amopo.md); weights=authors_code adds a "
+        "forward without gradients under low (its one softmax spans the batch).",
+    )
     max_length: int = Field(384, ge=8, description="Prompt + response tokens, longer sequences are truncated.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     logging_steps: int = Field(1, ge=1)

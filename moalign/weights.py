@@ -39,19 +39,34 @@ def token_probability_moments(
     return mu, var
 
 
+def gaussian_noise(
+    shape: Sequence[int], generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The (batch, K) standard-normal draws of :func:`gaussian_weights`, on the CPU: drawn for the
+    whole batch at once, a step that scores its pairs a few at a time slices the same numbers."""
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device="cpu")
+
+
 @torch.no_grad()
 def gaussian_weights(
-    token_logps: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AMoPO adaptive weights, Eq. (10) + softmax.
 
     token_logps, mask: (batch, K, T) per-token log-probabilities of the pair's response tokens under
     each dimension prompt x_k*, chosen and rejected tokens concatenated along T (the pooled p_d).
+    noise: (batch, K) draws of :func:`gaussian_noise`; None draws them from ``generator``.
     Returns (batch, K) weights on the simplex, detached from the graph.
     """
     mu, var = token_probability_moments(token_logps, mask)
-    noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device="cpu").to(mu.device)
-    draw = mu + var.sqrt() * noise
+    if noise is None:
+        noise = gaussian_noise(mu.shape, generator, mu.dtype)
+    if noise.shape != mu.shape:
+        raise ValueError(f"noise must have shape (batch, K) = {tuple(mu.shape)}, got {tuple(noise.shape)}")
+    draw = mu + var.sqrt() * noise.to(device=mu.device, dtype=mu.dtype)
     return torch.softmax(draw, dim=-1)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moalign.losses import amopo_loss, simpo_loss
-from moalign.weights import fixed_weights, gaussian_weights, token_probability_moments
+from moalign.weights import fixed_weights, gaussian_noise, gaussian_weights, token_probability_moments
 
 
 def softplus(x: float) -> float:
@@ -85,6 +85,17 @@ def test_gaussian_weights_vary_between_draws_when_tokens_spread():
     second = gaussian_weights(logps, torch.ones_like(logps), generator=torch.Generator().manual_seed(2))
     assert not torch.allclose(first, second)
     torch.testing.assert_close(first.sum(-1), torch.ones(4))
+
+
+def test_gaussian_weights_of_some_pairs_take_their_rows_of_the_batchs_noise():
+    # a step that scores its pairs a few at a time draws the batch's noise once and slices it
+    logps = torch.log(torch.rand(4, 3, 10).clamp_min(0.01))
+    whole = gaussian_weights(logps, torch.ones_like(logps), generator=torch.Generator().manual_seed(5))
+    noise = gaussian_noise((4, 3), torch.Generator().manual_seed(5))
+    parts = [gaussian_weights(logps[i:j], torch.ones_like(logps[i:j]), noise=noise[i:j]) for i, j in ((0, 1), (1, 4))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"noise must have shape \(batch, K\) = \(1, 3\)"):
+        gaussian_weights(logps[:1], torch.ones_like(logps[:1]), noise=noise)
 
 
 def test_fixed_weights_normalise_and_validate():

@@ -88,6 +88,28 @@ class PairCollator:
         }
 
 
+#: the per-sequence tensors of a collated batch, (N, width); the other tensors are per pair, (B, ...)
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask")
+
+
+def pair_slice(batch: dict, start: int, stop: int) -> dict:
+    """Pairs ``start:stop`` of a :class:`PairCollator` batch, as if collated alone: their B' x P x 2
+    sequences, without the columns that are padding in all of them (left padding: a prefix)."""
+    rows = 2 * int(batch["num_prompts"])
+    width = batch["attention_mask"].shape[1]
+    used = batch["attention_mask"][start * rows : stop * rows].any(0)
+    first = int(used.int().argmax()) if bool(used.any()) else width
+    part = {}
+    for key, value in batch.items():
+        if key in SEQUENCE_KEYS:
+            part[key] = value[start * rows : stop * rows, first:]
+        elif key == "num_prompts":
+            part[key] = value
+        else:  # pair_ids and the per-pair tensors (reference scores, annotated scores, SPO margins)
+            part[key] = value[start:stop]
+    return part
+
+
 # ------------------------------------------------------------------------------------------------
 # log-probabilities
 

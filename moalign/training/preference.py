@@ -13,11 +13,14 @@ method runs, on which prompts, is :mod:`moalign.training.phases`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -26,7 +29,14 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from moalign.data.schema import PreferenceRow
 from moalign.launch import is_main_process
 from moalign.models import from_pretrained
-from moalign.training.batching import PairCollator, completion_token_logps, score_pairs, split_logps
+from moalign.training.batching import (
+    SEQUENCE_KEYS,
+    PairCollator,
+    completion_token_logps,
+    pair_slice,
+    score_pairs,
+    split_logps,
+)
 from moalign.training.methods import Loss, PairLogps
 from moalign.training.phases import Phase, features_for, objective_dimensions, plan_phases
 from moalign.training.reference import phase_keys
@@ -40,8 +50,11 @@ from moalign.training.runs import (
     run_phase,
     save_policy,
 )
-from moalign.weights import authors_code_weights, fixed_weights, gaussian_weights
+from moalign.weights import authors_code_weights, fixed_weights, gaussian_noise, gaussian_weights
 
+
+if TYPE_CHECKING:
+    from moalign.config import TrainParams
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +72,7 @@ class Objective:
     """What the trainer optimises: the phase's loss, its hyper-parameters and the dimension names."""
 
     method: Loss
-    params: object  # moalign.config.TrainParams: beta, gamma, orpo_lambda, cpo_alpha, weights...
+    params: TrainParams  # beta, gamma, orpo_lambda, cpo_alpha, weights, amopo_memory...
     dimensions: tuple[str, ...]
 
 
@@ -82,6 +95,8 @@ class AveragedLogsMixin:
 class PreferenceTrainer(AtomicCheckpointsMixin, AveragedLogsMixin, Trainer):
     """``transformers.Trainer`` with moalign's preference losses and per-dimension diagnostics."""
 
+    objective: Objective
+
     def __init__(self, *args, objective: Objective, diagnose: Callable[[object], dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
@@ -102,12 +117,15 @@ class PreferenceTrainer(AtomicCheckpointsMixin, AveragedLogsMixin, Trainer):
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed)
 
-    def _weights(self, token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """AMoPO alpha, (B, K), from the (B, K, 2, T) per-token log-probabilities."""
+    def _weights(self, token_logps: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """AMoPO alpha, (B, K), from the (B, K, 2, T) per-token log-probabilities; ``noise``: the
+        Gaussian draws of these pairs when the step took them for its whole batch."""
         b, k, _, t = token_logps.shape
         params = self.objective.params
         if params.weights == "fixed":
             return fixed_weights(k, params.fixed_weights).to(token_logps.device).expand(b, k)
+        if noise is not None:
+            return gaussian_weights(token_logps.reshape(b, k, 2 * t), mask.reshape(b, k, 2 * t), noise=noise)
         generator = self._draw_generator(training=self.model.training)
         if params.weights == "authors_code":
             return authors_code_weights(token_logps[:, :, 0], mask[:, :, 0], token_logps[:, :, 1], mask[:, :, 1],
@@ -126,36 +144,133 @@ class PreferenceTrainer(AtomicCheckpointsMixin, AveragedLogsMixin, Trainer):
         key = fingerprint([self.args.seed, self.args.process_index, training, step, self._draws])
         return torch.Generator().manual_seed(int(key, 16))
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def _pair_losses(self, model, inputs, weights: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+        """One forward over a batch (or some of its pairs): the (B,) per-pair losses, the log-probabilities
+        and the reference scores (B, 1, 2) or None. AMoPO's ``weights`` or Gaussian ``noise``, where the
+        step has them for its whole batch, else drawn here."""
         method = self.objective.method
-        token_logps, mask = completion_token_logps(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], inputs["completion_mask"]
-        )
+        token_logps, mask = completion_token_logps(model, *(inputs[key] for key in SEQUENCE_KEYS))
         summed, lengths, token_view, mask_view = split_logps(token_logps, mask, int(inputs["num_prompts"]))
         used = summed / lengths if method.average_logps else summed  # (B, P, 2)
         reference = None
         if method.needs_reference:
             reference = torch.stack([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]], -1).unsqueeze(1)
+        if method.dimension_prompts and weights is None:
+            weights = self._weights(token_view, mask_view, noise)
         logps = PairLogps(
             chosen=used[..., 0],
             rejected=used[..., 1],
             chosen_nll=-(summed[..., 0] / lengths[..., 0]),
             ref_chosen=None if reference is None else reference[..., 0],
             ref_rejected=None if reference is None else reference[..., 1],
-            weights=self._weights(token_view, mask_view) if method.dimension_prompts else None,
+            weights=weights,
             chosen_scores=inputs.get("chosen_scores"),
             prev_margin=inputs.get("prev_margin"),
             rejected_scores=inputs.get("rejected_scores"),
         )
-        per_example = method.loss(logps, self.objective.params)
-        loss = per_example.mean()
+        return method.loss(logps, self.objective.params), logps, reference
+
+    def _check_finite(self, loss: torch.Tensor, pair_ids) -> None:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"{method.name} loss is {loss.item()} at step {self.state.global_step + 1} on pairs "
-                f"{inputs['pair_ids']}; lower the learning rate or inspect these rows"
+                f"{self.objective.method.name} loss is {loss.item()} at step {self.state.global_step + 1} on pairs "
+                f"{pair_ids}; lower the learning rate or inspect these rows"
             )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        per_example, logps, reference = self._pair_losses(model, inputs)
+        loss = per_example.mean()
+        self._check_finite(loss, inputs["pair_ids"])
         self._store_metrics(logps, reference)
         return (loss, {}) if return_outputs else loss
+
+    # --------------------------------------------------------------------------------------------
+    # AMoPO's low-memory step (train.amopo_memory: low)
+
+    def _pairs_per_forward(self, inputs) -> int | None:
+        """Pairs per forward of AMoPO's low-memory step, or None where the step is one forward: other
+        methods, ``amopo_memory: fast``, a batch that fits, and DeepSpeed (whose ``backward`` counts
+        micro-batches and steps the optimizer itself: several per micro-batch would break that)."""
+        pairs, prompts = len(inputs["pair_ids"]), int(inputs["num_prompts"])
+        per_forward = max(1, pairs // prompts)  # at most 2 x batch_size sequences (SimPO's), or one pair
+        if (not self.objective.method.dimension_prompts or self.objective.params.amopo_memory != "low"
+                or per_forward >= pairs or self.is_deepspeed_enabled):
+            return None
+        return per_forward
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """AMoPO under ``amopo_memory: low``: forward and backward ``_pairs_per_forward`` pairs at a time.
+        alpha is a constant of the loss, so the gradient of sum_b sum_k alpha_bk l_bk is the sum of the
+        chunks' gradients: exact, with one chunk's activations alive at a time. Eq. 10's softmax runs
+        over one pair's K dimensions, so a chunk of whole pairs computes its own weights from its own
+        forward; the batch's Gaussian noise is drawn first, so the numbers are those of one forward."""
+        per_forward = self._pairs_per_forward(inputs)
+        if per_forward is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        cp_context, inputs = self._prepare_context_parallel_inputs(model, inputs)
+        with cp_context():
+            model.train()
+            if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+                self.optimizer.train()
+            return self._step_in_chunks(model, self._prepare_inputs(inputs), per_forward)
+
+    def _step_in_chunks(self, model, inputs, per_forward: int) -> torch.Tensor:
+        pairs, prompts = len(inputs["pair_ids"]), int(inputs["num_prompts"])
+        bounds = [(start, min(start + per_forward, pairs)) for start in range(0, pairs, per_forward)]
+        weights = noise = None
+        if self.objective.params.weights == "authors_code":
+            weights = self._weights_without_grad(model, inputs, bounds)
+        elif self.objective.params.weights == "gaussian":
+            noise = gaussian_noise((pairs, prompts), self._draw_generator(training=True))
+        # the loss is a mean over the batch's pairs, divided by the Trainer's accumulation steps
+        scale = pairs * self.current_gradient_accumulation_steps
+        parts: list[tuple[torch.Tensor, PairLogps]] = []
+        for start, stop in bounds:
+            chunk = pair_slice(inputs, start, stop)
+            # DDP/FSDP all-reduce the gradients once, after the last chunk (the Trainer's own no_sync
+            # already covers every chunk of a micro-batch that is not the last of its accumulation)
+            sync = stop == pairs or not self.accelerator.sync_gradients
+            with self._gradient_sync(model, sync):
+                with self.compute_loss_context_manager():
+                    per_example, logps, _ = self._pair_losses(
+                        model, chunk, weights=None if weights is None else weights[start:stop],
+                        noise=None if noise is None else noise[start:stop])
+                    loss = per_example.sum()
+                self._check_finite(loss, chunk["pair_ids"])
+                self.accelerator.backward(loss / scale)
+            parts.append((per_example.detach(), _detached(logps)))
+        per_example = torch.cat([part[0] for part in parts])
+        self._store_metrics(_concatenated([part[1] for part in parts]), None)
+        return per_example.mean() / self.current_gradient_accumulation_steps
+
+    def _gradient_sync(self, model, sync: bool):
+        """No all-reduce for this backward unless ``sync``: the Trainer's own choice of context."""
+        if sync:
+            return contextlib.nullcontext()
+        if getattr(self, "is_distributed_loading_by_transformers", False):
+            from transformers.integrations.fsdp import is_fsdp_managed_module
+
+            if self.model is not None and is_fsdp_managed_module(self.model):
+                return self._defer_fsdp_gradient_reduction()
+        return self.accelerator.no_sync(model)
+
+    @torch.no_grad()
+    def _weights_without_grad(self, model, inputs, bounds: list[tuple[int, int]]) -> torch.Tensor:
+        """weights=authors_code: one softmax over the batch x K draws couples every pair, so the low-
+        memory step scores the batch once without gradients (chunk by chunk) and draws the weights from
+        that, as one forward would; the chunks' backward then has them as constants."""
+        tokens, masks = [], []
+        for start, stop in bounds:
+            chunk = pair_slice(inputs, start, stop)
+            with self.compute_loss_context_manager():
+                token_logps, mask = completion_token_logps(model, *(chunk[key] for key in SEQUENCE_KEYS))
+            _, _, token_view, mask_view = split_logps(token_logps, mask, int(chunk["num_prompts"]))
+            tokens.append(token_view)
+            masks.append(mask_view)
+        span = max(t.shape[-1] for t in tokens)  # responses end at the right edge: pad on the left
+        token_view = torch.cat([torch.nn.functional.pad(t, (span - t.shape[-1], 0)) for t in tokens])
+        mask_view = torch.cat([torch.nn.functional.pad(m, (span - m.shape[-1], 0)) for m in masks])
+        return self._weights(token_view, mask_view)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The held-out preference diagnostics (:mod:`moalign.training.diagnostics`) instead of an eval
@@ -199,14 +314,33 @@ class _DiagnoseAtStart(TrainerCallback):
             self.trainer.evaluate()
 
 
+def _detached(logps: PairLogps) -> PairLogps:
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(logps):
+        value = getattr(logps, field.name)
+        fields[field.name] = None if value is None else value.detach()
+    return PairLogps(**fields)
+
+
+def _concatenated(parts: Sequence[PairLogps]) -> PairLogps:
+    """The chunks' log-probabilities as one batch's (pairs along the first dimension)."""
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(PairLogps):
+        values = [getattr(part, field.name) for part in parts]
+        fields[field.name] = None if values[0] is None else torch.cat(values)
+    return PairLogps(**fields)
+
+
 # ------------------------------------------------------------------------------------------------
 # the training run
 
 
 def offline_fingerprint(rows: Sequence[PreferenceRow], model_dir, *, train, dimensions, dtype: str, seed: int) -> str:
-    """Identity of a training run: checkpoints (and the MLflow run) of another fingerprint are never resumed."""
+    """Identity of a training run: checkpoints (and the MLflow run) of another fingerprint are never resumed.
+    ``train.amopo_memory`` is left out: it changes how a step is computed, not what it computes, so a
+    run that ran out of memory resumes under ``low``."""
     return fingerprint(
-        {"train": train.model_dump(), "dimensions": dimensions.model_dump(), "seed": seed,
+        {"train": train.model_dump(exclude={"amopo_memory"}), "dimensions": dimensions.model_dump(), "seed": seed,
          "rows": [r.id for r in rows], "model": str(model_dir), "dtype": dtype}
     )
 
@@ -299,7 +433,7 @@ def train_policy(
     save_policy(model, tokenizer, out_dir, history)
     if diagnose is not None and is_main_process():
         from moalign.data.schema import write_json
-        from moalign.generation import model_fingerprint
+        from moalign.models import model_fingerprint
         from moalign.training.diagnostics import LOGGED_FILE, logged_record
 
         # the evaluate stage reuses these instead of scoring the same pairs with the same models again
