@@ -15,7 +15,7 @@ What it measures.
    endpoint is another machine); ``--server-in-thread`` puts it in this process instead. For each
    client concurrency in ``--concurrency`` a fresh ``LLMJudge`` with a fresh cache scores ``--calls``
    distinct responses on one dimension (one call each) through ``score_batch``, the path the
-   annotation stage takes: templates, the openai SDK's async client, the parser, the SQLite cache,
+   annotation stage takes: templates, the aiohttp transport, the parser, the SQLite cache,
    the progress bar. The wall time of that ``score_batch`` gives calls/s, compared with the server's
    capacity (``efficiency``) and with what this concurrency could reach at best
    (``min(concurrency, capacity) / latency``).

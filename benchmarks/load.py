@@ -6,7 +6,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/load.py --items 1000 --concurrency 16 --fault-rate 0.3
 
 ``moalign.annotation.annotate`` (the annotate stage's path: one ``score_batch`` over every
-candidate, the SQLite call cache, the SDK's real backoff) scores ``--items`` candidates, two per
+candidate, the SQLite call cache, the judge client's real backoff) scores ``--items`` candidates, two per
 prompt, on ``--dimensions`` against the loopback fake server of ``tests/fake_openai_server.py`` (a
 child process, so that it does not share this process's GIL) injecting every fault kind it knows at
 ``--fault-rate`` in all, mixed as ``benchmarks/faults.py`` mixes them. A thread samples this
@@ -139,8 +139,9 @@ def run_load(
     folder: str | os.PathLike[str] | None = None,
 ) -> dict:
     """One annotation run under load; returns the table's numbers and ``ok`` (the checks)."""
-    # imported before the baseline, so that RSS growth is the run's: the SDK (imported when the judge
-    # makes its client) and mlflow (failure_summary's redaction)
+    # imported before the baseline, so that RSS growth is the run's: the HTTP client and the SDK's
+    # error classes (imported when the judge makes its client) and mlflow (failure_summary's redaction)
+    import aiohttp  # noqa: F401
     import openai  # noqa: F401
 
     from moalign import tracking  # noqa: F401

@@ -16,6 +16,8 @@ Behaviour, all set in the constructor:
   In process mode it must be picklable (a module-level function);
 * ``fail_first`` / ``fail_status`` / ``fail_headers``: the first N requests are answered with that
   status (429 with ``Retry-After: 0`` by default; 500 works too) and an OpenAI-style error body;
+* ``slow_first`` / ``slow_latency``: the first N requests sleep ``slow_latency`` seconds
+  (``asyncio.sleep``) instead of ``latency``: a client's timeout, then a retry that is answered;
 * ``faults`` / ``fault_seed``: a fault injected at a rate per kind (:data:`FAULTS`), e.g.
   ``faults={"malformed_json": 0.1, "reset": 0.05}``, the rates summing to at most 1. The draw is a
   hash of the seed, the request's first user message and how many requests with that message came
@@ -102,6 +104,8 @@ class FakeServerConfig:
     fail_headers: Mapping[str, str] = field(default_factory=lambda: {"Retry-After": "0"})
     faults: Mapping[str, float] = field(default_factory=dict)
     fault_seed: int = 0
+    slow_first: int = 0
+    slow_latency: float = 0.0
     prompt_tokens: int = 100
     completion_tokens: int = 10
     model: str = "fake-judge"
@@ -251,7 +255,9 @@ def build_app(config: FakeServerConfig, state: _State):
                     state.failed += 1
                 error = {"error": {"message": f"injected failure {number}", "type": "fake", "code": None}}
                 return JSONResponse(error, status_code=config.fail_status, headers=dict(config.fail_headers))
-            if config.capacity is not None:
+            if number <= config.slow_first:
+                await asyncio.sleep(config.slow_latency)
+            elif config.capacity is not None:
                 if not slots:
                     slots.append(asyncio.Semaphore(config.capacity))
                 async with slots[0]:

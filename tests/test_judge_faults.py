@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import openai
-import openai._base_client
 import pytest
 from typer.testing import CliRunner
 
 from components import annotate as annotate_component
 from moalign.config import Params
+from moalign.judges import llm
 from moalign.data.schema import PreferenceRow, TaskPrompt, read_jsonl, write_jsonl
 from moalign.judges.llm import EndpointConfig, EndpointDown, LLMJudge, failure_kind, load_templates
 from moalign.validation import validate_pairs
@@ -33,7 +33,7 @@ NAMED = {
     "empty_choices": "no choices",
     "missing_content": "no message content",
     "wrong_content_type": "text/html body",
-    "reset": "peer closed connection",
+    "reset": "payload is not completed",  # aiohttp's words for a body cut short
     "http_500": "HTTP 500",
     "http_429": "HTTP 429",
 }
@@ -43,9 +43,10 @@ KIND = {kind: kind for kind in FAULTS} | {"reset": "connection_reset", "http_500
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch):
-    """The SDK's backoff (0.5 s doubling, at most 8 s) shortened: the tests count requests, not time."""
-    monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.001)
-    monkeypatch.setattr(openai._base_client, "MAX_RETRY_DELAY", 0.002)
+    """The judge's backoff (the SDK's: 0.5 s doubling, at most 8 s) shortened: the tests count
+    requests, not time."""
+    monkeypatch.setattr(llm, "INITIAL_RETRY_DELAY", 0.001)
+    monkeypatch.setattr(llm, "MAX_RETRY_DELAY", 0.002)
 
 
 def items(n: int, tag: str = "q") -> list[tuple[TaskPrompt, str]]:
@@ -181,7 +182,7 @@ def test_reask_answered_then_faults_is_cached_so_no_answered_request_repeats(ser
 def test_an_endpoint_that_is_down_stops_the_run_naming_it(serve, tmp_path):
     server = serve(faults={"reset": 1.0})
     judge = judge_for(server, tmp_path / "cache.sqlite", dimensions=["helpfulness"], max_retries=0, concurrency=2)
-    with pytest.raises(EndpointDown, match="peer closed connection") as raised:
+    with pytest.raises(EndpointDown, match="payload is not completed") as raised:
         judge.score_batch(items(200))
     assert server.url in str(raised.value) and "rerun" in str(raised.value)
     assert server.total < 100  # stopped early, not after trying every item
@@ -227,6 +228,16 @@ def test_fault_draws_are_seeded_and_checked():
      "connection_reset"),
     ("http://h/v1: ReadError: [Errno 104] Connection reset by peer, after 1 retries", "connection_reset"),
     ("http://h/v1: ConnectError: [Errno 111] Connection refused, after 1 retries", "connection_error"),
+    # aiohttp's words (the transport since issue 17); the ones above are httpx's, in older caches
+    ("http://h/v1: SocketTimeoutError: Timeout on reading data from socket, after 5 retries", "timeout"),
+    ("http://h/v1: ConnectionTimeoutError: Connection timeout to host http://h/v1, after 5 retries", "timeout"),
+    ("http://h/v1: ClientPayloadError: Response payload is not completed: <ContentLengthError: 400, "
+     "message='Not enough data to satisfy content length header (received 16 of 344 bytes).'>, after 1 retries",
+     "connection_reset"),
+    ("http://h/v1: ServerDisconnectedError: Server disconnected, after 1 retries", "connection_reset"),
+    ("http://h/v1: ClientOSError: [Errno 104] Connection reset by peer, after 1 retries", "connection_reset"),
+    ("http://h/v1: ClientConnectorError: Cannot connect to host h:80 ssl:default [Connect call failed "
+     "('127.0.0.1', 1)], after 1 retries", "connection_error"),
     # only the fault counts, not the endpoint's name
     ("https://reset-timeout.example/v1: HTTP 503, after 2 retries", "http_503"),
     ("http://u:p@reset.example/v1: DecodingError: malformed JSON body (x), after 2 retries", "malformed_json"),
