@@ -274,7 +274,8 @@ def annotate_task(config, tasks, model_dir, judge, journal):
     """The embedded task's pairs: ``annotate.*`` candidates per prompt sampled from ``model_dir``,
     judged and paired (:func:`annotate`); returns (pairs, scored candidates, stats)."""
     from moalign.data.schema import read_jsonl
-    from moalign.generation import DecodingConfig, generate_resumable, model_fingerprint
+    from moalign.generation import DecodingConfig, generate_resumable
+    from moalign.models import model_fingerprint
     from moalign.models import load_model_and_tokenizer
 
     section = config.annotate
@@ -288,6 +289,7 @@ def annotate_task(config, tasks, model_dir, judge, journal):
         num_return_sequences=section.candidates_per_prompt,
         batch_size=max(1, section.batch_size // section.candidates_per_prompt),
         seed=config.seed,
+        **config.generation.decoding_fields(),
     )
     logger.info("sampling %d candidates for %d prompts", section.candidates_per_prompt, len(chosen))
     model_id = model_fingerprint(model_dir)

@@ -284,6 +284,28 @@ class AnnotateParams(_Section):
     )
 
 
+class GenerationParams(_Section):
+    backend: Literal["auto", "transformers", "ctranslate2", "vllm"] = Field(
+        "auto",
+        description="How annotation and evaluation generate (moalign/generation_backends.py): transformers = "
+        "model.generate, the reference; ctranslate2 = CTranslate2's decoder on a converted copy of the model "
+        "(2x generate at batch 32 on a CPU with int8_float32, benchmarks/README.md); vllm = a vLLM engine on a "
+        "GPU worker (pip install -e '.[vllm]'); auto = ctranslate2 where it can take the model, else transformers.",
+    )
+    compute_type: Literal["int8_float32", "float32", "int8", "bfloat16", "float16", "int8_bfloat16",
+                          "int8_float16"] = Field(
+        "int8_float32",
+        description="ctranslate2's weights and arithmetic: int8_float32 = int8 weights, the fast one (greedy "
+        "answers differ from generate's, scores measured in benchmarks/README.md); float32 = generate's tokens.",
+    )
+    cache_dir: str = Field("cache/ctranslate2", description="Where ctranslate2's converted models are kept, one "
+                           "per model content (a retrained policy is converted again).")
+
+    def decoding_fields(self) -> dict[str, str]:
+        """The fields of :class:`moalign.generation.DecodingConfig` these params set."""
+        return {"backend": self.backend, "compute_type": self.compute_type, "cache_dir": self.cache_dir}
+
+
 class ValidateParams(_Section):
     max_tokens: int = Field(384, ge=8, description="Cutoff on prompt + response tokens per side.")
     max_quarantine_fraction: float = Field(
@@ -555,6 +577,7 @@ class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     judge: JudgeParams = Field(default_factory=JudgeParams)
     annotate: AnnotateParams = Field(default_factory=AnnotateParams)
+    generation: GenerationParams = Field(default_factory=GenerationParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     reward: RewardParams = Field(default_factory=RewardParams)
     train: TrainParams = Field(default_factory=TrainParams)

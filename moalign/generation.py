@@ -6,7 +6,6 @@ in the caller's order. Left padding, because decoder-only models generate from t
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from moalign.generation_backends import BACKEND_FUNCTIONS, resolve_backend
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,17 @@ class DecodingConfig:
     num_return_sequences: int = 1
     batch_size: int = 16
     seed: int = 0
+    #: the ``generation`` params (moalign.generation_backends): which decoder runs, its ctranslate2
+    #: compute type and where converted models are kept
+    backend: str = "transformers"
+    compute_type: str = "int8_float32"
+    cache_dir: str = "cache/ctranslate2"
+
+    def backend_identity(self, model) -> list[str]:
+        """What of the backend a journal's entries depend on: the backend that runs (auto resolved)
+        and, for ctranslate2, its compute type. The cache folder is left out: it moves nothing."""
+        backend = resolve_backend(self.backend, model)
+        return [backend, self.compute_type] if backend == "ctranslate2" else [backend]
 
 
 class NoChatTemplateError(ValueError):
@@ -83,7 +95,8 @@ def generate(
     done: Collection[int] = (),
 ) -> list[list[Completion]]:
     """Return, for each prompt, ``config.num_return_sequences`` completions (special tokens removed,
-    :class:`Completion`: a sequence with no end-of-sequence token was cut off by ``max_new_tokens``).
+    :class:`Completion`: a sequence with no end-of-sequence token was cut off by ``max_new_tokens``),
+    decoded by ``config.backend`` (:mod:`moalign.generation_backends`).
 
     ``on_batch`` receives each finished batch as {prompt position: completions}, so a caller can
     save progress as it goes (:func:`generate_resumable`). ``done``: positions the caller already
@@ -91,11 +104,13 @@ def generate(
     number, so the batches and their seeds, and with them the samples, are those of a run that was
     never interrupted.
     """
+    backend = BACKEND_FUNCTIONS[resolve_backend(config.backend, model)]
+    stop_ids = stop_token_ids(model, tokenizer)
     model.eval()
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    results: list[list[str]] = [[] for _ in texts]
+    results: list[list[Completion]] = [[] for _ in texts]
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -108,19 +123,11 @@ def generate(
             ).to(model.device)
             # one seed per batch: the same prompts give the same samples whatever ran before
             torch.manual_seed(config.seed + batch_number)
-            sampling = dict(temperature=config.temperature, top_p=config.top_p) if config.do_sample else {}
-            output = model.generate(
-                **encoded,
-                max_new_tokens=config.max_new_tokens,
-                do_sample=config.do_sample,
-                num_return_sequences=config.num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id,
-                **sampling,
-            )
-            generated = output[:, encoded.input_ids.shape[1] :]
+            generated = backend(model, encoded.input_ids, encoded.attention_mask, config,
+                                tokenizer.pad_token_id, stop_ids)
             texts_out = tokenizer.batch_decode(generated, skip_special_tokens=True)
             # finished sequences are padded after their end token: no end token means cut off
-            stops = torch.tensor(stop_token_ids(model, tokenizer), device=generated.device)
+            stops = torch.tensor(stop_ids, device=generated.device)
             truncated = (~torch.isin(generated, stops).any(dim=1)).tolist()
             completions = [Completion(text.strip(), cut) for text, cut in zip(texts_out, truncated, strict=True)]
             n = config.num_return_sequences
@@ -131,27 +138,6 @@ def generate(
     finally:
         tokenizer.padding_side = padding_side
     return results
-
-
-def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
-    """Content hash of a model directory's config and weights: generations of another model (a
-    retrained policy in the same folder) never count as done. Hashed once per process while no file
-    changes (size and modification time), since several steps of one stage ask for it."""
-    model_dir = Path(model_dir).resolve()
-    files = sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors"))
-    stats = [(path, path.stat()) for path in files]
-    return _hash_files(tuple((str(path), stat.st_size, stat.st_mtime_ns) for path, stat in stats))
-
-
-@functools.lru_cache(maxsize=16)
-def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for path, _, _ in files:
-        digest.update(Path(path).name.encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def _read_journal(path: Path, fingerprint: str) -> dict[str, list[Completion]]:
@@ -181,11 +167,13 @@ def generate_resumable(
 ) -> dict[str, list[Completion]]:
     """:func:`generate` for {prompt id: prompt}, journaled: each batch is appended to ``journal``
     (and flushed) as it finishes, and a rerun generates only the batches the journal lacks for
-    this ``model_id`` (e.g. :func:`model_fingerprint`) and decoding config. With sampling, the
+    this ``model_id`` (e.g. :func:`moalign.models.model_fingerprint`) and decoding config. With sampling, the
     resumed run's samples are those an uninterrupted run would have drawn."""
     journal = Path(journal)
     keys = list(prompts)
-    identity = [model_id, asdict(config)]
+    # another backend decodes other tokens (int8 weights) or draws other samples: a journal of its own
+    decoding = {k: v for k, v in asdict(config).items() if k not in ("backend", "compute_type", "cache_dir")}
+    identity: list[object] = [model_id, decoding, config.backend_identity(model)]
     if config.do_sample:
         # a sample depends on its batch (the batch's seed, its other prompts): only the same prompt
         # list draws it again, so another list starts a journal of its own

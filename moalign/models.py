@@ -8,6 +8,8 @@ caches, so no later stage touches GGUF (or the network).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -208,3 +210,24 @@ def load_model_and_tokenizer(model_dir: str | os.PathLike[str], dtype: str = "au
         raise ModelDirError(f"{model_dir}: the tokenizer has no chat template; instruction prompts need one")
     model = from_pretrained(AutoModelForCausalLM, model_dir, dtype=resolve_dtype(dtype, device)).to(device)
     return model, tokenizer
+
+
+def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """Content hash of a model directory's config and weights: generations of another model (a
+    retrained policy in the same folder) never count as done. Hashed once per process while no file
+    changes (size and modification time), since several steps of one stage ask for it."""
+    model_dir = Path(model_dir).resolve()
+    files = sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors"))
+    stats = [(path, path.stat()) for path in files]
+    return _hash_files(tuple((str(path), stat.st_size, stat.st_mtime_ns) for path, stat in stats))
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

@@ -3,7 +3,8 @@
 import pytest
 
 from moalign import generation
-from moalign.generation import DecodingConfig, generate_resumable, model_fingerprint
+from moalign.generation import DecodingConfig, generate_resumable
+from moalign.models import model_fingerprint
 from moalign.models import load_model_and_tokenizer
 
 PROMPTS = {"a": "What is 2 + 2?", "b": "Name a colour.", "c": "Say hello in French."}

@@ -58,7 +58,7 @@ def _smoke_params(project: Path) -> None:
     """Size ``<project>/params.yaml`` for a smoke run: the tiny random Llama, few prompts, short training."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"]["source"] = "tiny-random-llama"
-    params["annotate"].update(n_train_prompts=40, n_eval_prompts=8, max_new_tokens=12, candidates_per_prompt=4)
+    params["annotate"].update(n_train_prompts=40, n_eval_prompts=16, max_new_tokens=12, candidates_per_prompt=4)
     params["evaluate"].update(n_prompts=6, max_new_tokens=12)
     # one short epoch: the demo defaults (params.yaml) are sized for SmolLM2 learning, not for a smoke run
     params["train"].update(batch_size=2, save_steps=2, epochs=1, eval_steps=None, eval_pairs=4)

@@ -117,7 +117,8 @@ def generate_answers(
 ) -> dict[str, dict[str, dict[str, str]]]:
     """model -> suite -> prompt id -> greedy answer. ``models``: name -> (directory, the stage that
     makes it, for the error when it is missing). One model in memory at a time."""
-    from moalign.generation import DecodingConfig, generate_resumable, model_fingerprint
+    from moalign.generation import DecodingConfig, generate_resumable
+    from moalign.models import model_fingerprint
     from moalign.models import load_model_and_tokenizer
 
     section = config.evaluate
@@ -128,7 +129,8 @@ def generate_answers(
 
         def answer(suite: str, prompts: Mapping[str, Prompt], max_new_tokens: int, *, model=model,
                    tokenizer=tokenizer, model_id=model_id, name=name) -> dict[str, str]:
-            decoding = DecodingConfig(max_new_tokens=max_new_tokens, batch_size=section.batch_size)
+            decoding = DecodingConfig(max_new_tokens=max_new_tokens, batch_size=section.batch_size,
+                                      **config.generation.decoding_fields())
             done = generate_resumable(
                 model, tokenizer, prompts, decoding, generations_dir / f"{suite}-{name}.jsonl",
                 model_id=model_id, description=f"{name} {suite}",
@@ -163,7 +165,7 @@ def preference_accuracy(config, rows, models: Mapping[str, tuple[Path, str]]) ->
     Where the policy's training logged them for these pairs (:data:`~moalign.training.diagnostics.LOGGED_FILE`),
     its last point is the policy's row and its step 0 the reference's (when the reference is the
     model the training started from); only what is missing is computed, each model loaded once."""
-    from moalign.generation import model_fingerprint
+    from moalign.models import model_fingerprint
     from moalign.models import load_model_and_tokenizer
     from moalign.training.diagnostics import LOGGED_FILE, diagnostic_pairs, preference_diagnostics, reuse_logged
 

@@ -19,7 +19,7 @@ def policy_inputs(config, reward_dir) -> dict:
     reward model and its code for the online methods, nothing for the offline ones. The
     policy_inputs stage writes this, and train_policy depends on it instead of on ``models/reward``,
     so DVC reruns an offline method only when something it reads changes."""
-    from moalign.generation import model_fingerprint
+    from moalign.models import model_fingerprint
     from moalign.training.runs import fingerprint
 
     if not config.method.online:
