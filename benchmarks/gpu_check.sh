@@ -16,6 +16,8 @@
 # Results: $OUT/train_step_gpu_<shape>_<gc|nogc>.json (train_step.py's JSON), each run's output and
 # its rows' worker logs under $OUT/logs/, $OUT/env.txt (versions, GPU, whether vllm imports).
 # GPU_CHECK_DRY_RUN=1 runs the same steps on the CPU with a 2-layer model (wheels for the local Python).
+# GPU_CHECK_PROFILE=1 runs the 135M rows without checkpointing only, each under torch.profiler
+# (benchmarks/train_step.py, TRAIN_STEP_PROFILE_DIR): $OUT/profile_<row>.txt, operator tables.
 set -euo pipefail
 
 WHEELS=(
@@ -179,7 +181,11 @@ measure() {
 }
 
 # most wanted first: the 135M shape without and with checkpointing, then the 1B shape while time is left
-if [[ ${GPU_CHECK_DRY_RUN:-0} == 1 ]]; then
+if [[ ${GPU_CHECK_PROFILE:-0} == 1 ]]; then
+    # where the low-memory step's time goes: torch.profiler tables of the 135M rows, in $OUT
+    export TRAIN_STEP_PROFILE_DIR=$OUT
+    measure "$([[ ${GPU_CHECK_DRY_RUN:-0} == 1 ]] && echo tiny || echo smollm2-135m)" 16 --no-gradient-checkpointing
+elif [[ ${GPU_CHECK_DRY_RUN:-0} == 1 ]]; then
     measure tiny 2 --no-gradient-checkpointing
     measure tiny 2 --gradient-checkpointing
 else

@@ -266,10 +266,37 @@ def _make_step_recorder(prompts_per_pair: int, attn: str | None = None, checkpoi
                 self.tokens += int(torch.stack(self._pending).sum())
                 self._pending.clear()
             self.ends.append((time.perf_counter(), self.tokens, self.sequences))
+            self._profile(state)
             self.peak_rss_mib = _peak_rss_mib()  # before any final checkpoint or model save
             if _cuda_in_use():
                 self.peak_cuda_mib = torch.cuda.max_memory_allocated() / 2**20
                 self.peak_cuda_reserved_mib = torch.cuda.max_memory_reserved() / 2**20
+
+        _profiler = None
+
+        def _profile(self, state):
+            """With TRAIN_STEP_PROFILE_DIR set: torch.profiler over the steps after the first, its
+            operator table (by CPU and by device time) written there per row. A diagnosis aid: the
+            profiler's own cost makes those steps slower, so a profiled run's times are not reported."""
+            folder = os.environ.get("TRAIN_STEP_PROFILE_DIR")
+            if not folder:
+                return
+            if self._profiler is None and len(self.ends) == 1:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if _cuda_in_use():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self._profiler = torch.profiler.profile(activities=activities)
+                self._profiler.__enter__()
+            elif self._profiler is not None and state.global_step >= state.max_steps:
+                self._profiler.__exit__(None, None, None)
+                table = self._profiler.key_averages()
+                name = next((a for a in sys.argv if a in METHODS), "row")
+                out = Path(folder) / f"profile_{name}.txt"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                device_key = "self_cuda_time_total" if _cuda_in_use() else "self_cpu_time_total"
+                out.write_text(table.table(sort_by="self_cpu_time_total", row_limit=35) + "\n\n"
+                               + table.table(sort_by=device_key, row_limit=25), encoding="utf-8")
+                self._profiler = None
 
         def on_train_end(self, args, state, control, **kwargs):
             if self._handle is not None:
