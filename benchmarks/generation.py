@@ -65,16 +65,6 @@ def row_until_stop(row: list[int], stop_ids: list[int]) -> list[int]:
     return row
 
 
-def new_token_count(tokens, stop_ids: list[int]) -> int:
-    """Tokens the rows got: each row's tokens up to and including its first stop token."""
-    import torch
-
-    stopped = torch.isin(tokens, torch.tensor(stop_ids))
-    # a row's tokens after its first stop are padding: count positions at or before it
-    after_stop = (stopped.long().cumsum(dim=1) - stopped.long()) > 0
-    return int((~after_stop).sum())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/generation.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -112,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = {}
     for name in backends:
         backend, _, compute_type = name.partition(":")
-        configs[name] = DecodingConfig(max_new_tokens=args.new_tokens, backend=backend,
-                                       compute_type=compute_type or "int8_float32", cache_dir=cache.name)
+        configs[name] = DecodingConfig(max_new_tokens=args.new_tokens, backend=backend, cache_dir=cache.name,
+                                       **({"compute_type": compute_type} if compute_type else {}))
         if backend == "ctranslate2":  # the one-off conversion is not generation time
             converted_model_dir(args.model, cache.name, configs[name].compute_type)
 
@@ -137,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             for backend in backends:
                 tokens, seconds = run(backend, batch)
                 times[backend][batch].append(seconds)
-                counts[backend][batch] = new_token_count(tokens, stops)
                 outputs[backend][batch] = [row_until_stop(row, stops) for row in tokens.tolist()]
+                counts[backend][batch] = sum(len(row) for row in outputs[backend][batch])
                 print(f"repeat {repeat} batch {batch:>3} {backend:<26} {counts[backend][batch] / seconds:8.1f} "
                       f"new tokens/s ({seconds:.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)
 

@@ -86,6 +86,24 @@ def transformers_generate(model, input_ids, attention_mask, config: DecodingConf
     return output[:, input_ids.shape[1]:]
 
 
+def _unpadded(input_ids, attention_mask) -> list[list[int]]:
+    """Each left-padded row's token ids without its padding: what the engines that batch by
+    themselves take."""
+    return [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
+
+
+def _padded(rows: list[list[int]], pad_token_id: int, device) -> torch.Tensor:
+    """New-token rows padded after their end, as ``generate`` returns them."""
+    width = max(1, max(len(ids) for ids in rows))
+    return torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in rows], device=device)
+
+
+def _top_k(model) -> int:
+    """The top-k ``generate`` samples with: the model's generation config, 50 when unset."""
+    top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+    return 50 if top_k is None else top_k
+
+
 # ------------------------------------------------------------------------------------------------
 # ctranslate2
 
@@ -134,7 +152,7 @@ def converted_model_dir(model_dir: str | os.PathLike[str], cache_dir: str | os.P
 
     from moalign.models import model_fingerprint
 
-    target = Path(cache_dir) / f"{model_fingerprint(model_dir)[:16]}-{compute_type}"
+    target = Path(cache_dir) / f"{model_fingerprint(model_dir)}-{compute_type}"
     if (target / "model.bin").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,13 +206,11 @@ def ctranslate2_generate(model, input_ids, attention_mask, config: DecodingConfi
     device = "cuda" if model.device.type == "cuda" else "cpu"
     converted = str(converted_model_dir(model.name_or_path, config.cache_dir, config.compute_type))
     vocabulary = _vocabulary(converted)
-    prompts = [[vocabulary[i] for i in ids[mask.bool()].tolist()]
-               for ids, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
+    prompts = [[vocabulary[i] for i in ids] for ids in _unpadded(input_ids, attention_mask)]
     # generate's layout: each prompt's num_return_sequences rows side by side
     prompts = [tokens for tokens in prompts for _ in range(config.num_return_sequences)]
     if config.do_sample:
-        top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
-        sampling = dict(sampling_topk=50 if top_k is None else top_k, sampling_topp=config.top_p,
+        sampling = dict(sampling_topk=_top_k(model), sampling_topp=config.top_p,
                         sampling_temperature=config.temperature)
         # each worker thread seeds its random generator once, when it first draws: a model loaded
         # after the batch's seed (which generate() has just set) draws this batch's samples
@@ -209,8 +225,7 @@ def ctranslate2_generate(model, input_ids, attention_mask, config: DecodingConfi
         end_token=[vocabulary[i] for i in stop_ids], return_end_token=True, **sampling,
     )
     rows = [result.sequences_ids[0][: config.max_new_tokens] for result in results]
-    width = max(1, max(len(ids) for ids in rows))
-    return torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in rows], device=input_ids.device)
+    return _padded(rows, pad_token_id, input_ids.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,14 +252,12 @@ def vllm_generate(model, input_ids, attention_mask, config: DecodingConfig, pad_
         ) from None
     model_dir = getattr(model, "name_or_path", "")
     engine = _vllm_engine(str(model_dir), str(model.dtype).removeprefix("torch."))
-    prompts = [{"prompt_token_ids": ids[mask.bool()].tolist()}
-               for ids, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
-    top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+    prompts = [{"prompt_token_ids": ids} for ids in _unpadded(input_ids, attention_mask)]
     params = vllm.SamplingParams(
         n=config.num_return_sequences,
         temperature=config.temperature if config.do_sample else 0.0,
         top_p=config.top_p if config.do_sample else 1.0,
-        top_k=(50 if top_k is None else top_k) if config.do_sample else -1,
+        top_k=_top_k(model) if config.do_sample else -1,
         max_tokens=config.max_new_tokens,
         stop_token_ids=list(stop_ids),
         seed=torch.initial_seed(),  # the batch's seed, which generate() has just set
@@ -256,8 +269,7 @@ def vllm_generate(model, input_ids, attention_mask, config: DecodingConfig, pad_
             if completion.finish_reason == "stop" and (not ids or ids[-1] not in stop_ids):
                 ids.append(stop_ids[0])  # vLLM may leave the stop token out; the caller reads it as "ended"
             rows.append(ids[: config.max_new_tokens])
-    width = max(1, max(len(ids) for ids in rows))
-    return torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in rows], device=input_ids.device)
+    return _padded(rows, pad_token_id, input_ids.device)
 
 
 BACKEND_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {

@@ -324,14 +324,14 @@ def _status_error(status: int, headers: Any, body: bytes, url: str) -> Exception
     import openai
 
     text = body.decode("utf-8", "replace").strip()
-    message, payload = f"Error code: {status}", text
+    message, data = f"Error code: {status}", text
     try:
         payload = json.loads(text)
     except ValueError:
         pass
     else:
-        error = payload.get("error", payload) if isinstance(payload, dict) else None
-        detail = error.get("message") if isinstance(error, dict) else None
+        data = payload.get("error", payload) if isinstance(payload, dict) else payload
+        detail = data.get("message") if isinstance(data, dict) else None
         if isinstance(detail, str) and detail:
             message += f" - {detail}"
     classes = {400: openai.BadRequestError, 401: openai.AuthenticationError, 403: openai.PermissionDeniedError,
@@ -340,7 +340,6 @@ def _status_error(status: int, headers: Any, body: bytes, url: str) -> Exception
     kind = classes.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
     response = httpx2.Response(status, headers=list(headers.items()), content=body,
                                request=httpx2.Request("POST", url))
-    data = payload.get("error", payload) if isinstance(payload, dict) else payload
     return kind(message, response=response, body=data)
 
 
